@@ -1,0 +1,28 @@
+// Starts one PostgreSQL server for the whole test run, unless DATABASE_URL
+// names one. Tests read the server's address from the environment variables
+// set here and create a fresh database each (see tests/support/database.ts).
+import { createWriteStream } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startEmbeddedServer } from '../../dist/embedded/server.js';
+
+export default async function globalSetup() {
+  if (process.env.DATABASE_URL) {
+    process.env.INSIGHTS_PRIVACY_TEST_ADMIN_URL = process.env.DATABASE_URL;
+    return;
+  }
+
+  // Every statement is logged, and the server's output is kept in a file, so
+  // that tests can prove that no key ever reaches the server log.
+  const logPath = join(await mkdtemp(join(tmpdir(), 'insights-privacy-log-')), 'postgresql.log');
+  const log = createWriteStream(logPath);
+  const server = await startEmbeddedServer({
+    settings: { log_statement: 'all', max_connections: '200' },
+    onLog: (line) => log.write(line.endsWith('\n') ? line : `${line}\n`),
+  });
+  globalThis.__insightsPrivacyServer = server;
+  globalThis.__insightsPrivacyLog = log;
+  process.env.INSIGHTS_PRIVACY_TEST_ADMIN_URL = server.url;
+  process.env.INSIGHTS_PRIVACY_TEST_SERVER_LOG = logPath;
+}
