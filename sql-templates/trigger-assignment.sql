@@ -1,0 +1,1 @@
+  NEW.{{column}} := {{schema}}.pseudonym(NEW.{{column}});

@@ -1,0 +1,1 @@
+ALTER TABLE {{table}} VALIDATE CONSTRAINT {{constraint}};

@@ -1,0 +1,176 @@
+import type pg from 'pg';
+import { ToolError } from '../core/errors.js';
+import { planApply, protectedTables, replacesForeignKeys, type Mode } from '../core/enforcement.js';
+import { execute, queryRows } from '../core/execute.js';
+import { findDrift } from '../core/findings.js';
+import { inspectInstallation, type Installation } from '../core/inspect.js';
+import { checkPrivileges, validateSchemaName } from '../core/preflight.js';
+import { ident, qualified, type Statement } from '../core/sql.js';
+import { runLocked, type LockPolicy } from '../core/transaction.js';
+import { toolVersion } from '../core/version.js';
+import { validateForeignKey } from '../profiles/foreign-keys.js';
+import { getProfile } from '../profiles/index.js';
+import type { Detection, Profile, Scope, UserForeignKey } from '../profiles/types.js';
+
+/** Settings of `apply`, validated by the caller. */
+export interface ApplySettings {
+  readonly mode: Mode;
+  /** Anonymize scope; ignored by other modes. Default `source`. */
+  readonly scope: Scope;
+  /** The tool's private schema. Default `insights_privacy`. */
+  readonly schema: string;
+  readonly profile: string;
+  /** Build and return the statements without running them. */
+  readonly dryRun: boolean;
+  readonly lock: LockPolicy;
+  /**
+   * Asked before anything changes, with a description of the change;
+   * returning false aborts. Absent means confirmed (`--yes`).
+   */
+  readonly confirm?: (summary: string[]) => Promise<boolean>;
+}
+
+/** What `apply` did. */
+export interface ApplyResult {
+  readonly outcome: 'applied' | 'unchanged' | 'dry-run';
+  readonly mode: Mode;
+  readonly scope: Scope | null;
+  readonly schema: string;
+  readonly database: string;
+  /** The detected application, for example "Coder (2026 column set)". */
+  readonly application: string;
+  readonly summary: string[];
+  readonly statements: Statement[];
+  /** Foreign keys restored by this run, and whether each could be validated. */
+  readonly restoredForeignKeys: { name: string; validated: boolean }[];
+}
+
+function isUnchanged(settings: ApplySettings, detection: Detection, installation: Installation): boolean {
+  if (settings.mode === 'off') {
+    const leftovers = [...installation.triggers.values()].some(Boolean) || detection.userForeignKeys.some((state) => state.placeholder && !state.foreignKey);
+    return !installation.schemaPresent && !leftovers;
+  }
+  const state = installation.state;
+  if (!state || state.mode !== settings.mode || state.profile !== detection.profile || state.toolVersion !== toolVersion) return false;
+  if (settings.mode === 'anonymize' && state.scope !== settings.scope) return false;
+  return findDrift(detection, installation, settings.schema).every((finding) => finding.severity !== 'error');
+}
+
+function describeChange(settings: ApplySettings, detection: Detection, installation: Installation): string[] {
+  const lines: string[] = [];
+  const scope = settings.mode === 'anonymize' ? ` (scope ${settings.scope})` : '';
+  const current = installation.state ? `${installation.state.mode}${installation.state.mode === 'anonymize' ? ` (scope ${installation.state.scope})` : ''}` : 'off';
+  lines.push(`Mode: ${current} -> ${settings.mode}${scope}, in schema ${settings.schema}.`);
+
+  const tables = protectedTables(detection, settings.mode, settings.scope).map((table) => table.name);
+  if (settings.mode === 'anonymize') lines.push(`New rows get pseudonymous user ids in: ${tables.join(', ')}.`);
+  if (settings.mode === 'disable') lines.push(`New rows are dropped before they are stored in: ${tables.join(', ')}.`);
+  if (settings.mode === 'off') lines.push('All triggers, functions, keys and the private schema are removed; stored rows stay as they are.');
+  if (settings.mode === 'off' && installation.keys.length > 0) lines.push('The pseudonym key is deleted: stored pseudonyms can no longer be linked to new ones.');
+
+  for (const state of detection.userForeignKeys) {
+    if (replacesForeignKeys(settings.mode, settings.scope) && state.foreignKey) {
+      lines.push(`Foreign key ${state.table.name}.${state.name} is replaced by a placeholder check constraint of the same name (restored by --mode off).`);
+    }
+    if (!replacesForeignKeys(settings.mode, settings.scope) && state.placeholder && !state.foreignKey) {
+      lines.push(`Foreign key ${state.table.name}.${state.name} is restored (NOT VALID while pseudonymized rows remain).`);
+    }
+  }
+
+  if (settings.mode === 'anonymize') {
+    lines.push('Rows that Coder still recomputes or upserts (the rollup window, sessions of the last hour) are converted to pseudonyms now; older rows are kept as they are.');
+    lines.push('Distinct-user counts over a period that spans this change count each person twice (real id and pseudonym), and per-user insights from before stay visible.');
+  }
+  return lines;
+}
+
+async function checkRollupScope(client: pg.ClientBase, profile: Profile, detection: Detection, settings: ApplySettings, installation: Installation): Promise<void> {
+  if (settings.mode !== 'anonymize' || settings.scope !== 'rollup') return;
+  if (installation.state?.mode === 'anonymize' && installation.state.scope === 'rollup') return;
+  if (!installation.functions.has('is_pseudonym')) return;
+
+  const blockers = await profile.rollupScopeBlockers(client, detection, ident(settings.schema));
+  if (blockers > 0) {
+    throw new ToolError(
+      'INVALID_OPTION',
+      `Scope rollup cannot start yet: ${blockers} pseudonymized row(s) in the raw tables are still inside the window that Coder's rollup recomputes, and mixing them with real ids would make the rollup's upsert fail.`,
+      { fix: 'Keep scope source for now and retry --scope rollup in about two hours, when the rollup window has moved past those rows.' },
+    );
+  }
+}
+
+async function prepare(client: pg.ClientBase, settings: ApplySettings) {
+  const profile = getProfile(settings.profile);
+  const detection = await profile.detect(client);
+  const installation = await inspectInstallation(client, detection, settings.schema);
+
+  if (settings.mode === 'anonymize' && !installation.crypto) {
+    throw new ToolError('MISSING_EXTENSION', 'The pgcrypto extension is neither installed in this database nor available on the server.', {
+      fix: 'Install the PostgreSQL contrib package on the server (pgcrypto ships with it), or ask the provider to allow pgcrypto.',
+    });
+  }
+  return { profile, detection, installation };
+}
+
+async function plan(client: pg.ClientBase, settings: ApplySettings) {
+  const { profile, detection, installation } = await prepare(client, settings);
+  const statements = planApply(detection, settings, { profile, crypto: installation.crypto, recordedOptions: {} });
+  return { profile, detection, installation, statements };
+}
+
+async function validateRestoredKeys(client: pg.ClientBase, restored: UserForeignKey[], detection: Detection): Promise<{ name: string; validated: boolean }[]> {
+  const results: { name: string; validated: boolean }[] = [];
+  for (const foreignKey of restored) {
+    const [row] = await queryRows<{ orphans: boolean }>(client, 'coder/orphan-app-stats.sql', [], {
+      appStats: qualified(foreignKey.table.schema, foreignKey.table.name),
+      users: qualified(detection.users.schema, detection.users.name),
+    });
+    if (!row.orphans) for (const statement of validateForeignKey(foreignKey)) await execute(client, statement);
+    results.push({ name: foreignKey.name, validated: !row.orphans });
+  }
+  return results;
+}
+
+/**
+ * Installs, switches or removes enforcement. Runs in one transaction under
+ * the tool's advisory lock; does nothing when the database already matches
+ * the request.
+ */
+export async function applyEnforcement(client: pg.ClientBase, settings: ApplySettings): Promise<ApplyResult> {
+  validateSchemaName(settings.schema);
+  const [{ database }] = (await client.query<{ database: string }>('SELECT current_database() AS database')).rows;
+
+  const first = await plan(client, settings);
+  const base = {
+    mode: settings.mode,
+    scope: settings.mode === 'anonymize' ? settings.scope : null,
+    schema: settings.schema,
+    database,
+    application: first.detection.description,
+    restoredForeignKeys: [],
+  };
+
+  if (isUnchanged(settings, first.detection, first.installation)) {
+    return { ...base, outcome: 'unchanged', summary: ['Enforcement already matches the request; nothing changed.'], statements: [] };
+  }
+  await checkPrivileges(client, first.detection, settings.schema);
+  await checkRollupScope(client, first.profile, first.detection, settings, first.installation);
+
+  const summary = describeChange(settings, first.detection, first.installation);
+  if (settings.dryRun) return { ...base, outcome: 'dry-run', summary, statements: first.statements };
+
+  if (settings.confirm && !(await settings.confirm(summary))) {
+    throw new ToolError('ABORTED', 'Aborted: nothing was changed.', { fix: 'Run again and confirm, or pass --yes.' });
+  }
+
+  const applied = await runLocked(client, settings.lock, async () => {
+    const current = await plan(client, settings);
+    const restored = current.detection.userForeignKeys
+      .filter((state) => state.placeholder && !state.foreignKey && !replacesForeignKeys(settings.mode, settings.scope))
+      .map((state) => state.placeholder as UserForeignKey);
+    return { statements: current.statements, result: { statements: current.statements, restored, detection: current.detection } };
+  });
+
+  const restoredForeignKeys = await validateRestoredKeys(client, applied.restored, applied.detection);
+  return { ...base, outcome: 'applied', summary, statements: applied.statements, restoredForeignKeys };
+}

@@ -1,0 +1,128 @@
+import type pg from 'pg';
+import { triggerFunction, triggerFunctionName, protectedTables } from '../core/enforcement.js';
+import { findDrift, type Finding } from '../core/findings.js';
+import { countRows, inspectInstallation, roleExposure, type RoleExposure, type RowCounts } from '../core/inspect.js';
+import { validateSchemaName } from '../core/preflight.js';
+import { getProfile } from '../profiles/index.js';
+import type { ForeignKeyState, Scope } from '../profiles/types.js';
+
+/** Settings of `status`, validated by the caller. */
+export interface StatusSettings {
+  readonly schema: string;
+  readonly profile: string;
+  /** Count identifiable rows per table; each count scans the table. Default true. */
+  readonly counts: boolean;
+}
+
+/** Per-table part of the status report. */
+export interface TableStatus {
+  readonly table: string;
+  /** Whether the recorded mode protects this table. */
+  readonly protected: boolean;
+  readonly trigger: 'present' | 'missing';
+  /** True when the trigger is ENABLE ALWAYS; null without a trigger. */
+  readonly enabledAlways: boolean | null;
+  /** True when the trigger function equals what this version generates; null without a function. */
+  readonly functionMatches: boolean | null;
+  /** Row counts; null when counting was switched off. */
+  readonly rows: RowCounts | null;
+  /** Roles that can switch enforcement off on this table. */
+  readonly canBypass: RoleExposure[];
+  /** Roles that can insert and read the table, and so compute the pseudonym of an id they choose. */
+  readonly canProbe: RoleExposure[];
+}
+
+/** State of a foreign key that anonymize replaces. */
+export interface ForeignKeyStatus {
+  readonly table: string;
+  readonly name: string;
+  readonly state: 'enforced' | 'enforced, NOT VALID' | 'replaced by placeholder' | 'absent';
+}
+
+/** The report of `status`; its JSON form is versioned by `formatVersion`. */
+export interface StatusReport {
+  readonly formatVersion: 1;
+  readonly database: string;
+  readonly application: string;
+  readonly schema: string;
+  readonly mode: 'anonymize' | 'disable' | 'off';
+  readonly scope: Scope | null;
+  readonly appliedAt: string | null;
+  readonly appliedBy: string | null;
+  readonly appliedWithVersion: string | null;
+  /** The HMAC implementation in use, for example "pgcrypto (schema insights_privacy)". */
+  readonly hmac: string | null;
+  readonly keys: { fingerprint: string; createdAt: string; ageDays: number }[];
+  readonly tables: TableStatus[];
+  readonly foreignKeys: ForeignKeyStatus[];
+  readonly findings: Finding[];
+  readonly notes: string[];
+  /** True when enforcement matches the recorded mode (no finding of severity error). */
+  readonly ok: boolean;
+}
+
+function foreignKeyStatus(state: ForeignKeyState): ForeignKeyStatus {
+  let status: ForeignKeyStatus['state'] = 'absent';
+  if (state.foreignKey) status = state.foreignKey.validated ? 'enforced' : 'enforced, NOT VALID';
+  else if (state.placeholder) status = 'replaced by placeholder';
+  return { table: state.table.name, name: state.name, state: status };
+}
+
+const dayMs = 24 * 60 * 60 * 1000;
+
+/** Reads what is enforced in the database and how it differs from the recorded mode. */
+export async function readStatus(client: pg.ClientBase, settings: StatusSettings): Promise<StatusReport> {
+  validateSchemaName(settings.schema);
+  const profile = getProfile(settings.profile);
+  const detection = await profile.detect(client);
+  const installation = await inspectInstallation(client, detection, settings.schema);
+  const [{ database }] = (await client.query<{ database: string }>('SELECT current_database() AS database')).rows;
+
+  const state = installation.state;
+  const mode = state?.mode ?? 'off';
+  const scope: Scope = state?.scope ?? 'source';
+  const protectedSet = new Set(protectedTables(detection, mode, scope));
+
+  const tables: TableStatus[] = [];
+  for (const table of detection.tables) {
+    const trigger = installation.triggers.get(table) ?? null;
+    const installed = installation.functions.get(triggerFunctionName(table));
+    const expectedMode = mode === 'off' ? null : mode;
+    const exposure = await roleExposure(client, table);
+    tables.push({
+      table: table.name,
+      protected: protectedSet.has(table),
+      trigger: trigger ? 'present' : 'missing',
+      enabledAlways: trigger ? trigger.enabled === 'A' : null,
+      functionMatches: installed && expectedMode ? installed.body === triggerFunction(settings.schema, table, expectedMode).body : null,
+      rows: settings.counts ? await countRows(client, detection, table) : null,
+      canBypass: exposure.filter((role) => role.canBypass),
+      canProbe: exposure.filter((role) => !role.canBypass),
+    });
+  }
+
+  const findings = findDrift(detection, installation, settings.schema);
+  const now = Date.now();
+  return {
+    formatVersion: 1,
+    database,
+    application: detection.description,
+    schema: settings.schema,
+    mode,
+    scope: mode === 'anonymize' ? scope : null,
+    appliedAt: state ? state.appliedAt.toISOString() : null,
+    appliedBy: state?.appliedBy ?? null,
+    appliedWithVersion: state?.toolVersion ?? null,
+    hmac: installation.crypto && !installation.crypto.create && installation.functions.has('pseudonym') ? `pgcrypto (schema ${installation.crypto.schema})` : null,
+    keys: installation.keys.map((key) => ({
+      fingerprint: key.fingerprint,
+      createdAt: key.createdAt.toISOString(),
+      ageDays: Math.floor((now - key.createdAt.getTime()) / dayMs),
+    })),
+    tables,
+    foreignKeys: detection.userForeignKeys.map(foreignKeyStatus),
+    findings,
+    notes: profile.notes(detection, mode, scope),
+    ok: findings.every((finding) => finding.severity !== 'error'),
+  };
+}

@@ -1,0 +1,182 @@
+import { ident, joinSql, literal, qualified, SqlFragment, type Statement } from './sql.js';
+import { functionBody, renderTemplate, templateStatements } from './templates.js';
+import { replaceForeignKey, restoreForeignKey } from '../profiles/foreign-keys.js';
+import type { Detection, EnforcedMode, Profile, Scope, UsageTable } from '../profiles/types.js';
+import { toolVersion } from './version.js';
+
+/** Mode requested from `apply`. */
+export type Mode = EnforcedMode | 'off';
+
+/** Name of the trigger on every protected table; "zz" sorts it after other BEFORE triggers. */
+export const triggerName = 'zz_insights_privacy';
+
+/** The label mixed into every HMAC input, so that these pseudonyms differ from any other use of the key. */
+export const domainLabel = 'insights-privacy:user_id:v1\n';
+
+/** Default name of the tool's private schema. */
+export const defaultSchema = 'insights_privacy';
+
+/** What `apply` is asked to enforce. */
+export interface EnforcementTarget {
+  readonly mode: Mode;
+  readonly scope: Scope;
+  /** Name of the tool's private schema. */
+  readonly schema: string;
+}
+
+/** Where the pgcrypto functions are, once the plan has run. */
+export interface CryptoLocation {
+  /** Schema of the pgcrypto extension; the tool's schema when the plan creates it. */
+  readonly schema: string;
+  /** Whether the plan must create the extension. */
+  readonly create: boolean;
+}
+
+/** Name of the trigger function of one table. */
+export function triggerFunctionName(table: UsageTable): string {
+  return `enforce_${table.name}`;
+}
+
+/** The tables a mode protects: every usage table, except under anonymize with scope rollup. */
+export function protectedTables(detection: Detection, mode: Mode, scope: Scope): UsageTable[] {
+  if (mode === 'off') return [];
+  if (mode === 'anonymize' && scope === 'rollup') return detection.tables.filter((table) => table.role === 'rollup');
+  return [...detection.tables];
+}
+
+/** Whether a mode needs the foreign keys to users replaced by placeholders. */
+export function replacesForeignKeys(mode: Mode, scope: Scope): boolean {
+  return mode === 'anonymize' && scope === 'source';
+}
+
+/** One function the tool installs, with the body that drift detection expects. */
+export interface ExpectedFunction {
+  readonly name: string;
+  readonly statements: Statement[];
+  readonly body: string;
+}
+
+function expectedFunction(name: string, template: string, variables: Record<string, SqlFragment>): ExpectedFunction {
+  const rendered = renderTemplate(template, variables);
+  return { name, statements: templateStatements(template, variables), body: functionBody(rendered) };
+}
+
+/** The key-independent helper and the pseudonym function, as this version renders them. */
+export function pseudonymFunctions(schemaName: string, crypto: CryptoLocation): ExpectedFunction[] {
+  const schema = ident(schemaName);
+  return [
+    expectedFunction('is_pseudonym', 'is-pseudonym.sql', { schema }),
+    expectedFunction('pseudonym', 'pseudonym.sql', {
+      schema,
+      schemaName: literal(schemaName),
+      hmac: qualified(crypto.schema, 'hmac'),
+      domainLabel: literal(domainLabel),
+    }),
+  ];
+}
+
+/** The trigger function of one protected table for a mode. */
+export function triggerFunction(schemaName: string, table: UsageTable, mode: EnforcedMode): ExpectedFunction {
+  const schema = ident(schemaName);
+  const name = triggerFunctionName(table);
+  const fn = qualified(schemaName, name);
+
+  if (mode === 'disable') return expectedFunction(name, 'trigger-function-disable.sql', { function: fn });
+
+  const assignments = table.userColumns.map((column) => renderTemplate('trigger-assignment.sql', { column: ident(column), schema }).trimEnd());
+  return expectedFunction(name, 'trigger-function-anonymize.sql', { function: fn, assignments: SqlFragment.trusted(assignments.join('\n')) });
+}
+
+/** The events the trigger fires on: anonymize also catches an UPDATE that sets a user id. */
+export function triggerEvents(table: UsageTable, mode: EnforcedMode): string {
+  if (mode === 'disable') return 'INSERT';
+  return `INSERT OR UPDATE OF ${joinSql(table.userColumns.map(ident)).text}`;
+}
+
+function triggerStatements(schemaName: string, table: UsageTable, mode: EnforcedMode): Statement[] {
+  const comment =
+    mode === 'anonymize'
+      ? `insights-privacy: replaces ${table.userColumns.join(', ')} with keyed pseudonyms before the row is stored.`
+      : 'insights-privacy: drops every new row before it is stored (mode disable).';
+  return templateStatements('trigger.sql', {
+    trigger: ident(triggerName),
+    table: qualified(table.schema, table.name),
+    events: SqlFragment.trusted(triggerEvents(table, mode)),
+    function: qualified(schemaName, triggerFunctionName(table)),
+    comment: literal(comment),
+  });
+}
+
+function removeTriggerStatements(schemaName: string, table: UsageTable): Statement[] {
+  return [
+    ...templateStatements('drop-trigger.sql', { trigger: ident(triggerName), table: qualified(table.schema, table.name) }),
+    ...templateStatements('drop-function.sql', { function: qualified(schemaName, triggerFunctionName(table)) }),
+  ];
+}
+
+function lockStatements(detection: Detection): Statement[] {
+  const tables = detection.tables.map((table) => qualified(table.schema, table.name));
+  return templateStatements('lock-tables.sql', { tables: joinSql(tables) });
+}
+
+/** Everything the plan needs besides the detection. */
+export interface PlanContext {
+  readonly profile: Profile;
+  readonly crypto: CryptoLocation | null;
+  /** The options recorded in the state table with the mode. */
+  readonly recordedOptions: Record<string, unknown>;
+}
+
+/**
+ * Builds the statements that install a mode, in the order they run inside
+ * one transaction: table locks, the private schema, functions and key,
+ * triggers, foreign keys, the cut-over conversion, and the state record.
+ */
+export function planApply(detection: Detection, target: EnforcementTarget, context: PlanContext): Statement[] {
+  if (target.mode === 'off') return planOff(detection, target, context.crypto);
+
+  const { mode, scope, schema: schemaName } = target;
+  const schema = ident(schemaName);
+  const statements: Statement[] = [...lockStatements(detection), ...templateStatements('schema.sql', { schema })];
+
+  if (mode === 'anonymize') {
+    const crypto = context.crypto as CryptoLocation;
+    if (crypto.create) statements.push(...templateStatements('pgcrypto.sql', { schema }));
+    for (const fn of pseudonymFunctions(schemaName, crypto)) statements.push(...fn.statements);
+    statements.push(...templateStatements('create-key.sql', { schema, genRandomBytes: qualified(crypto.schema, 'gen_random_bytes') }));
+  }
+
+  const protectedSet = new Set(protectedTables(detection, mode, scope));
+  for (const table of detection.tables) {
+    if (protectedSet.has(table)) {
+      statements.push(...triggerFunction(schemaName, table, mode).statements, ...triggerStatements(schemaName, table, mode));
+    } else {
+      statements.push(...removeTriggerStatements(schemaName, table));
+    }
+  }
+
+  for (const state of detection.userForeignKeys) {
+    if (replacesForeignKeys(mode, scope) && state.foreignKey) statements.push(...replaceForeignKey(state.foreignKey));
+    if (!replacesForeignKeys(mode, scope) && state.placeholder && !state.foreignKey) statements.push(...restoreForeignKey(state.placeholder));
+  }
+
+  if (mode === 'anonymize') statements.push(...context.profile.cutover(detection, { schema, scope, tables: [...protectedSet] }));
+
+  const options = { ...context.recordedOptions, scope };
+  statements.push(...templateStatements('record-state.sql', { schema }, [mode, detection.profile, mode === 'anonymize' ? scope : null, JSON.stringify(options), toolVersion]));
+  return statements;
+}
+
+/** Builds the statements of `off`: triggers dropped, foreign keys restored, the private schema removed. */
+export function planOff(detection: Detection, target: EnforcementTarget, crypto: CryptoLocation | null): Statement[] {
+  const statements: Statement[] = [...lockStatements(detection)];
+  for (const table of detection.tables) {
+    statements.push(...templateStatements('drop-trigger.sql', { trigger: ident(triggerName), table: qualified(table.schema, table.name) }));
+  }
+  for (const state of detection.userForeignKeys) {
+    if (state.placeholder && !state.foreignKey) statements.push(...restoreForeignKey(state.placeholder));
+  }
+  if (crypto && crypto.schema === target.schema) statements.push(...templateStatements('drop-extension.sql', {}));
+  statements.push(...templateStatements('drop-schema.sql', { schema: ident(target.schema) }));
+  return statements;
+}

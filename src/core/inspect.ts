@@ -1,0 +1,182 @@
+import type pg from 'pg';
+import { queryRows } from './execute.js';
+import { ident, qualified } from './sql.js';
+import type { Detection, EnforcedMode, Scope, UsageTable } from '../profiles/types.js';
+import { triggerName } from './enforcement.js';
+import type { CryptoLocation } from './enforcement.js';
+
+/** The enforcement recorded in the state table by the last apply. */
+export interface RecordedState {
+  readonly mode: EnforcedMode;
+  readonly profile: string;
+  readonly scope: Scope | null;
+  readonly options: Record<string, unknown>;
+  readonly toolVersion: string;
+  readonly appliedAt: Date;
+  readonly appliedBy: string;
+}
+
+/** A key as status shows it: never the key itself. */
+export interface KeyInfo {
+  readonly id: number;
+  readonly fingerprint: string;
+  readonly createdAt: Date;
+}
+
+/** The tool's trigger on one table as the catalog has it. */
+export interface InstalledTrigger {
+  /** pg_trigger.tgenabled: A = always, O = origin, R = replica only, D = disabled. */
+  readonly enabled: string;
+  readonly type: number;
+  readonly updateColumns: string[];
+  readonly functionSchema: string;
+  readonly functionName: string;
+  readonly definition: string;
+}
+
+/** One of the tool's functions as the catalog has it. */
+export interface InstalledFunction {
+  readonly name: string;
+  readonly body: string;
+  readonly securityDefiner: boolean;
+  readonly config: string;
+  readonly owner: string;
+  readonly publicExecute: boolean;
+}
+
+/** Row counts of one table's user id column. */
+export interface RowCounts {
+  readonly total: number;
+  readonly identifiable: number;
+  readonly pseudonymized: number;
+}
+
+/** A role that can bypass or probe enforcement on a table, and why. */
+export interface RoleExposure {
+  readonly role: string;
+  readonly reason: string;
+  readonly canBypass: boolean;
+}
+
+/** Everything the catalog says about the tool in one database. */
+export interface Installation {
+  readonly schemaPresent: boolean;
+  readonly state: RecordedState | null;
+  readonly keys: KeyInfo[];
+  readonly crypto: CryptoLocation | null;
+  readonly pgcryptoAvailable: boolean;
+  readonly functions: Map<string, InstalledFunction>;
+  readonly triggers: Map<UsageTable, InstalledTrigger | null>;
+}
+
+async function relationExists(client: pg.ClientBase, schema: string, name: string): Promise<boolean> {
+  const [row] = await queryRows<{ present: boolean }>(client, 'queries/relation-exists.sql', [schema, name]);
+  return row.present;
+}
+
+/** Finds pgcrypto: its schema when installed, else whether it can be created (in the tool's schema). */
+export async function locateCrypto(client: pg.ClientBase, schema: string): Promise<{ crypto: CryptoLocation | null; available: boolean }> {
+  const [row] = await queryRows<{ installed_schema: string | null; available: boolean }>(client, 'queries/extension.sql', ['pgcrypto']);
+  if (row.installed_schema) return { crypto: { schema: row.installed_schema, create: false }, available: true };
+  return { crypto: row.available ? { schema, create: true } : null, available: row.available };
+}
+
+async function readState(client: pg.ClientBase, schema: string): Promise<RecordedState | null> {
+  if (!(await relationExists(client, schema, 'state'))) return null;
+  const [row] = await queryRows<{
+    mode: EnforcedMode;
+    profile: string;
+    scope: Scope | null;
+    options: Record<string, unknown>;
+    tool_version: string;
+    applied_at: Date;
+    applied_by: string;
+  }>(client, 'queries/state.sql', [], { schema: ident(schema) });
+  if (!row) return null;
+  return {
+    mode: row.mode,
+    profile: row.profile,
+    scope: row.scope,
+    options: row.options,
+    toolVersion: row.tool_version,
+    appliedAt: row.applied_at,
+    appliedBy: row.applied_by,
+  };
+}
+
+async function readKeys(client: pg.ClientBase, schema: string): Promise<KeyInfo[]> {
+  if (!(await relationExists(client, schema, 'keys'))) return [];
+  const rows = await queryRows<{ id: number; fingerprint: string; created_at: Date }>(client, 'queries/keys.sql', [], { schema: ident(schema) });
+  return rows.map((row) => ({ id: row.id, fingerprint: row.fingerprint, createdAt: row.created_at }));
+}
+
+async function readFunctions(client: pg.ClientBase, schema: string): Promise<Map<string, InstalledFunction>> {
+  const rows = await queryRows<{
+    name: string;
+    body: string;
+    security_definer: boolean;
+    config: string;
+    owner: string;
+    public_execute: boolean;
+  }>(client, 'queries/functions.sql', [schema]);
+  return new Map(
+    rows.map((row) => [
+      row.name,
+      { name: row.name, body: row.body, securityDefiner: row.security_definer, config: row.config, owner: row.owner, publicExecute: row.public_execute },
+    ]),
+  );
+}
+
+async function readTrigger(client: pg.ClientBase, table: UsageTable): Promise<InstalledTrigger | null> {
+  const [row] = await queryRows<{
+    enabled: string;
+    type: number;
+    update_columns: string[];
+    function_schema: string;
+    function_name: string;
+    definition: string;
+  }>(client, 'queries/triggers.sql', [table.oid, triggerName]);
+  if (!row) return null;
+  return {
+    enabled: row.enabled,
+    type: row.type,
+    updateColumns: row.update_columns,
+    functionSchema: row.function_schema,
+    functionName: row.function_name,
+    definition: row.definition,
+  };
+}
+
+/** Reads the tool's schema, state, keys, functions and triggers from the catalog. */
+export async function inspectInstallation(client: pg.ClientBase, detection: Detection, schema: string): Promise<Installation> {
+  const [{ present }] = (await client.query<{ present: boolean }>('SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1) AS present', [schema])).rows;
+  const { crypto, available } = await locateCrypto(client, schema);
+  const triggers = new Map<UsageTable, InstalledTrigger | null>();
+  for (const table of detection.tables) triggers.set(table, await readTrigger(client, table));
+
+  return {
+    schemaPresent: present,
+    state: present ? await readState(client, schema) : null,
+    keys: present ? await readKeys(client, schema) : [],
+    crypto,
+    pgcryptoAvailable: available,
+    functions: present ? await readFunctions(client, schema) : new Map(),
+    triggers,
+  };
+}
+
+/** Counts total, identifiable and pseudonymized rows of a table; a full scan of the table. */
+export async function countRows(client: pg.ClientBase, detection: Detection, table: UsageTable): Promise<RowCounts> {
+  const [row] = await queryRows<{ total: string; identifiable: string; pseudonymized: string }>(client, 'queries/count-rows.sql', [], {
+    table: qualified(table.schema, table.name),
+    users: qualified(detection.users.schema, detection.users.name),
+    column: ident(table.userColumns[0]),
+  });
+  return { total: Number(row.total), identifiable: Number(row.identifiable), pseudonymized: Number(row.pseudonymized) };
+}
+
+/** Lists the roles that can bypass or probe enforcement on a table. */
+export async function roleExposure(client: pg.ClientBase, table: UsageTable): Promise<RoleExposure[]> {
+  const rows = await queryRows<{ role: string; reason: string; can_bypass: boolean }>(client, 'queries/bypass-roles.sql', [table.oid]);
+  return rows.map((row) => ({ role: row.role, reason: row.reason, canBypass: row.can_bypass }));
+}

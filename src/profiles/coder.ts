@@ -1,0 +1,206 @@
+import type pg from 'pg';
+import { ToolError } from '../core/errors.js';
+import { queryRows } from '../core/execute.js';
+import { ident, joinSql, qualified, SqlFragment, type Statement } from '../core/sql.js';
+import { renderTemplate, templateStatements } from '../core/templates.js';
+import { readForeignKeyState } from './foreign-keys.js';
+import type { CutoverContext, Detection, EnforcedMode, Profile, Scope, TableRef, UsageTable } from './types.js';
+
+const rollupTable = 'template_usage_stats';
+const agentStatsTable = 'workspace_agent_stats';
+const appStatsTable = 'workspace_app_stats';
+const usersTable = 'users';
+const appStatsUserForeignKey = 'workspace_app_stats_user_id_fkey';
+
+interface FoundTable {
+  schema: string;
+  name: string;
+  oid: string;
+  owner: string;
+}
+
+interface ColumnRow {
+  name: string;
+  type: string;
+}
+
+function toRef(found: FoundTable): TableRef {
+  return { schema: found.schema, name: found.name, oid: Number(found.oid), owner: found.owner };
+}
+
+async function readColumns(client: pg.ClientBase, table: TableRef): Promise<ColumnRow[]> {
+  return queryRows<ColumnRow>(client, 'queries/table-columns.sql', [table.oid]);
+}
+
+/** Builds a usage table after checking that its user_id column is a uuid, as in every Coder version. */
+async function usageTable(client: pg.ClientBase, table: TableRef, role: UsageTable['role']): Promise<UsageTable> {
+  const columns = await readColumns(client, table);
+  const userId = columns.find((column) => column.name === 'user_id');
+  if (!userId || userId.type !== 'uuid') {
+    throw new ToolError('NOT_A_CODER_DATABASE', `Table ${table.schema}.${table.name} has no uuid column user_id, so it is not Coder's ${table.name}.`, {
+      fix: 'Point --database-url at the database that coder server uses (its CODER_PG_CONNECTION_URL).',
+    });
+  }
+  return { ...table, role, userColumns: ['user_id'], columns: columns.map((column) => column.name) };
+}
+
+function describeColumnSet(rollup: UsageTable | undefined, children: readonly UsageTable[]): string {
+  if (!rollup) return 'Coder (without template_usage_stats)';
+  if (rollup.columns.includes('vscode_mins')) return 'Coder (2025 column set)';
+  if (children.length > 0 || rollup.columns.includes('session_usage_digest')) return 'Coder (2026 column set)';
+  return 'Coder';
+}
+
+async function detect(client: pg.ClientBase): Promise<Detection> {
+  const found = await queryRows<FoundTable>(client, 'queries/find-tables.sql', [[usersTable, rollupTable, agentStatsTable, appStatsTable]]);
+  const byName = new Map(found.map((row) => [row.name, toRef(row)]));
+
+  const missing = [usersTable, agentStatsTable, appStatsTable].filter((name) => !byName.has(name));
+  if (missing.length > 0) {
+    const [{ database, path }] = (await client.query<{ database: string; path: string }>(
+      "SELECT current_database() AS database, array_to_string(current_schemas(false), ', ') AS path",
+    )).rows;
+    throw new ToolError(
+      'NOT_A_CODER_DATABASE',
+      `Database ${database} is not a Coder database: table(s) ${missing.join(', ')} not found in the search path (${path || 'empty'}).`,
+      { fix: "Point --database-url at the database that coder server uses (its CODER_PG_CONNECTION_URL), and let coder server create its tables first." },
+    );
+  }
+
+  const users = byName.get(usersTable) as TableRef;
+  const agentStats = await usageTable(client, byName.get(agentStatsTable) as TableRef, 'raw');
+  const appStats = await usageTable(client, byName.get(appStatsTable) as TableRef, 'raw');
+
+  const rollupRef = byName.get(rollupTable);
+  const rollup = rollupRef ? await usageTable(client, rollupRef, 'rollup') : undefined;
+  const children = rollup ? await detectChildren(client, rollup) : [];
+
+  const tables = [...(rollup ? [rollup] : []), ...children, agentStats, appStats];
+  const foreignKey = await readForeignKeyState(client, appStats, 'user_id', users, appStatsUserForeignKey);
+
+  return {
+    profile: 'coder',
+    description: describeColumnSet(rollup, children),
+    tables,
+    users,
+    userForeignKeys: [foreignKey],
+  };
+}
+
+/**
+ * Finds the child tables of the rollup (Coder 2026 adds one for per-app
+ * minutes). A child's foreign key includes user_id, so a child row must carry
+ * the same pseudonym as its parent and gets the same trigger.
+ */
+async function detectChildren(client: pg.ClientBase, rollup: UsageTable): Promise<UsageTable[]> {
+  const rows = await queryRows<FoundTable & { columns: string[] }>(client, 'queries/referencing-tables.sql', [rollup.oid]);
+  const children: UsageTable[] = [];
+  for (const row of rows) {
+    if (!row.columns.includes('user_id')) continue;
+    const child = await usageTable(client, toRef(row), 'rollup');
+    if (!child.columns.includes('start_time')) {
+      throw new ToolError('NOT_A_CODER_DATABASE', `Table ${child.schema}.${child.name} references ${rollup.name} by user_id but has no start_time column; this tool does not know that Coder schema.`, {
+        fix: 'Report the Coder version you run to the insights-privacy maintainers.',
+      });
+    }
+    children.push(child);
+  }
+  return children;
+}
+
+function tableSql(table: TableRef): SqlFragment {
+  return qualified(table.schema, table.name);
+}
+
+function findTable(detection: Detection, name: string): UsageTable | undefined {
+  return detection.tables.find((table) => table.name === name);
+}
+
+/** The SQL expression of the first bucket Coder's rollup recomputes. */
+function rollupFrom(detection: Detection): SqlFragment {
+  const rollup = findTable(detection, rollupTable);
+  const agentStats = findTable(detection, agentStatsTable) as UsageTable;
+  if (!rollup) return SqlFragment.trusted("(now() - interval '1 hour')");
+  return SqlFragment.trusted(renderTemplate('coder/rollup-from.sql', { agentStats: tableSql(agentStats), usageStats: tableSql(rollup) }).trim());
+}
+
+function copyRollupRows(table: UsageTable, schema: SqlFragment, from: SqlFragment): Statement[] {
+  const columns = table.columns.map(ident);
+  const converted = table.columns.map((column) =>
+    table.userColumns.includes(column) ? SqlFragment.trusted(`${schema.text}.pseudonym(${ident(column).text})`) : ident(column),
+  );
+  return templateStatements('coder/copy-usage-stats.sql', {
+    table: tableSql(table),
+    columns: joinSql(columns),
+    convertedColumns: joinSql(converted),
+    rollupFrom: from,
+    schema,
+  });
+}
+
+function cutover(detection: Detection, context: CutoverContext): Statement[] {
+  const { schema, scope } = context;
+  const from = rollupFrom(detection);
+  const statements: Statement[] = [];
+
+  if (scope === 'source') {
+    const agentStats = findTable(detection, agentStatsTable) as UsageTable;
+    const appStats = findTable(detection, appStatsTable) as UsageTable;
+    statements.push(...templateStatements('coder/convert-agent-stats.sql', { agentStats: tableSql(agentStats), rollupFrom: from, schema }));
+    statements.push(...templateStatements('coder/convert-app-stats.sql', { appStats: tableSql(appStats), rollupFrom: from, schema }));
+  }
+
+  const rollup = findTable(detection, rollupTable);
+  if (rollup) {
+    const children = detection.tables.filter((table) => table.role === 'rollup' && table !== rollup);
+    statements.push(...copyRollupRows(rollup, schema, from));
+    for (const child of children) statements.push(...copyRollupRows(child, schema, from));
+    for (const table of [...children, rollup]) {
+      statements.push(...templateStatements('coder/delete-raw-usage-stats.sql', { table: tableSql(table), rollupFrom: from, schema }));
+    }
+  }
+
+  return statements;
+}
+
+async function rollupScopeBlockers(client: pg.ClientBase, detection: Detection, schema: SqlFragment): Promise<number> {
+  const [row] = await queryRows<{ rows: string }>(client, 'coder/raw-pseudonyms-in-window.sql', [], {
+    agentStats: tableSql(findTable(detection, agentStatsTable) as UsageTable),
+    appStats: tableSql(findTable(detection, appStatsTable) as UsageTable),
+    rollupFrom: rollupFrom(detection),
+    schema,
+  });
+  return Number(row.rows);
+}
+
+function notes(detection: Detection, mode: EnforcedMode | 'off', scope: Scope): string[] {
+  const result: string[] = [];
+  if (mode === 'anonymize' && scope === 'rollup') {
+    result.push(
+      'Scope rollup: workspace_agent_stats and workspace_app_stats keep real user ids. Coder deletes raw agent stats about a day after they are rolled up, but it never deletes app stats, so they identify users until someone deletes them.',
+      "Scope rollup keeps Coder's per-agent Prometheus series, which join users.",
+    );
+  }
+  if (mode === 'anonymize' && scope === 'source') {
+    result.push("Scope source: Coder's per-agent Prometheus series and per-user insights (which join users) show no rows for new data.");
+  }
+  if (mode === 'anonymize') {
+    result.push('Raw rows keep workspace_id and agent_id, which lead to the workspace owner: the raw tables are pseudonymous, not anonymous.');
+  }
+  if (mode === 'disable') {
+    result.push('Rows stored before disable stay in the tables; Coder keeps showing them until it deletes them.');
+  }
+  if (!findTable(detection, rollupTable)) {
+    result.push('This Coder version has no template_usage_stats table; only the raw tables are protected.');
+  }
+  return result;
+}
+
+/** The built-in profile for Coder's template insights tables. */
+export const coderProfile: Profile = {
+  name: 'coder',
+  detect,
+  cutover,
+  rollupScopeBlockers,
+  notes,
+};

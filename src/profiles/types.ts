@@ -1,0 +1,93 @@
+import type pg from 'pg';
+import type { SqlFragment, Statement } from '../core/sql.js';
+
+/** A table as the tool addresses it. */
+export interface TableRef {
+  readonly schema: string;
+  readonly name: string;
+  readonly oid: number;
+  readonly owner: string;
+}
+
+/** Whether a table holds rolled-up insights or the raw rows they are computed from. */
+export type TableRole = 'rollup' | 'raw';
+
+/** A table of the application that holds user identifiers. */
+export interface UsageTable extends TableRef {
+  readonly role: TableRole;
+  /** Columns that hold user ids; each is replaced by its pseudonym under anonymize. */
+  readonly userColumns: readonly string[];
+  /** All stored columns, in table order. */
+  readonly columns: readonly string[];
+}
+
+/** Anonymize scope: `source` protects every usage table, `rollup` only the rolled-up ones. */
+export type Scope = 'source' | 'rollup';
+
+/** Enforcement mode as the state table records it; `off` is recorded by removing the state. */
+export type EnforcedMode = 'anonymize' | 'disable';
+
+/** A foreign key from a protected column to the users table, as the catalog describes it. */
+export interface UserForeignKey {
+  readonly table: UsageTable;
+  readonly name: string;
+  readonly columns: readonly string[];
+  readonly referencedTable: TableRef;
+  readonly referencedColumns: readonly string[];
+  /** pg_constraint codes: a = NO ACTION, r = RESTRICT, c = CASCADE, n = SET NULL, d = SET DEFAULT. */
+  readonly onUpdate: string;
+  readonly onDelete: string;
+  readonly matchType: string;
+  readonly deferrable: boolean;
+  readonly deferred: boolean;
+  readonly validated: boolean;
+}
+
+/** What a profile found in the database. */
+export interface Detection {
+  readonly profile: string;
+  /** For people, for example "Coder (2026 column set)". */
+  readonly description: string;
+  readonly tables: readonly UsageTable[];
+  /** The table whose ids are real user ids, to count identifiable rows. */
+  readonly users: TableRef;
+  /** The foreign key that pseudonyms would violate, by table, with its current catalog state. */
+  readonly userForeignKeys: readonly ForeignKeyState[];
+}
+
+/** The state of one foreign key that anonymize must replace. */
+export interface ForeignKeyState {
+  readonly table: UsageTable;
+  /** The name the application gave the constraint. */
+  readonly name: string;
+  /** The foreign key when it exists in the catalog. */
+  readonly foreignKey: UserForeignKey | null;
+  /** The original definition when the tool's placeholder holds the name. */
+  readonly placeholder: UserForeignKey | null;
+}
+
+/** Variables every cut-over template receives. */
+export interface CutoverContext {
+  readonly schema: SqlFragment;
+  readonly scope: Scope;
+  readonly tables: readonly UsageTable[];
+}
+
+/** The rules for one application's usage tables. */
+export interface Profile {
+  readonly name: string;
+  /** Finds the application's usage tables; rejects a database that is not the application's. */
+  detect(client: pg.ClientBase): Promise<Detection>;
+  /**
+   * Statements that convert the rows the application will still recompute or
+   * upsert, run in the transaction that installs anonymize.
+   */
+  cutover(detection: Detection, context: CutoverContext): Statement[];
+  /**
+   * Counts rows that would break the rollup under scope `rollup`: pseudonyms
+   * in raw tables that the application still reads. Zero means the scope can start.
+   */
+  rollupScopeBlockers(client: pg.ClientBase, detection: Detection, schema: SqlFragment): Promise<number>;
+  /** Facts a person deciding on a mode and scope must know, for status and docs. */
+  notes(detection: Detection, mode: EnforcedMode | 'off', scope: Scope): string[];
+}
