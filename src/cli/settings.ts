@@ -1,0 +1,179 @@
+import { cosmiconfig } from 'cosmiconfig';
+import { z } from 'zod';
+import { ToolError } from '../core/errors.js';
+import { defaultSchema } from '../core/enforcement.js';
+import type { Mode } from '../core/enforcement.js';
+import type { Scope } from '../profiles/types.js';
+
+/** Every setting a command can read, after precedence is applied. */
+export interface Settings {
+  /** Connection URL; undefined lets node-postgres read libpq's PG* variables. */
+  databaseUrl: string | undefined;
+  mode: Mode | undefined;
+  scope: Scope;
+  profile: string;
+  schema: string;
+  /** Maximum wait for one lock, in milliseconds. Default 2000. */
+  lockTimeoutMs: number;
+  /** Retries of a transaction whose locks timed out. Default 5. */
+  lockRetries: number;
+  /** Seconds to wait for a connection. Default 10. */
+  connectTimeoutSeconds: number;
+}
+
+/** Values given as flags; undefined when a flag was not given. */
+export type FlagValues = Partial<Record<keyof Settings, string>>;
+
+const modes = ['anonymize', 'disable', 'off'] as const;
+const scopes = ['source', 'rollup'] as const;
+
+/** Keys of the config file, each with the environment variable that overrides it. */
+const environmentNames: Record<keyof Settings, string> = {
+  databaseUrl: 'INSIGHTS_PRIVACY_DATABASE_URL',
+  mode: 'INSIGHTS_PRIVACY_MODE',
+  scope: 'INSIGHTS_PRIVACY_SCOPE',
+  profile: 'INSIGHTS_PRIVACY_PROFILE',
+  schema: 'INSIGHTS_PRIVACY_SCHEMA',
+  lockTimeoutMs: 'INSIGHTS_PRIVACY_LOCK_TIMEOUT_MS',
+  lockRetries: 'INSIGHTS_PRIVACY_LOCK_RETRIES',
+  connectTimeoutSeconds: 'INSIGHTS_PRIVACY_CONNECT_TIMEOUT_SECONDS',
+};
+
+const flagNames: Record<keyof Settings, string> = {
+  databaseUrl: '--database-url',
+  mode: '--mode',
+  scope: '--scope',
+  profile: '--profile',
+  schema: '--schema',
+  lockTimeoutMs: '--lock-timeout',
+  lockRetries: '--lock-retries',
+  connectTimeoutSeconds: '--connect-timeout',
+};
+
+const configFileSchema = z
+  .object({
+    databaseUrl: z.string().min(1),
+    mode: z.enum(modes),
+    scope: z.enum(scopes),
+    profile: z.string().min(1),
+    schema: z.string().min(1),
+    lockTimeoutMs: z.number().int().min(1).max(600000),
+    lockRetries: z.number().int().min(0).max(100),
+    connectTimeoutSeconds: z.number().int().min(1).max(600),
+  })
+  .partial()
+  .strict();
+
+type ConfigFile = z.infer<typeof configFileSchema>;
+
+/** Where the configuration file was found, and what it contains. */
+export interface LoadedConfig {
+  path: string | null;
+  values: ConfigFile;
+}
+
+/**
+ * Loads the configuration file: the path given by `--config` or
+ * INSIGHTS_PRIVACY_CONFIG, else the first of cosmiconfig's default names for
+ * "insights-privacy" in the working directory (.insights-privacyrc.json,
+ * insights-privacy.config.json, a package.json key, and others). Unknown
+ * keys and wrong types are rejected, all at once.
+ */
+export async function loadConfig(explicitPath: string | undefined, cwd: string): Promise<LoadedConfig> {
+  const explorer = cosmiconfig('insights-privacy', { searchStrategy: 'none' });
+  let found: { filepath: string; config: unknown; isEmpty?: boolean } | null;
+  try {
+    found = explicitPath ? await explorer.load(explicitPath) : await explorer.search(cwd);
+  } catch (error) {
+    const path = explicitPath ?? cwd;
+    const reason = error instanceof Error ? error.message.split('\n')[0] : String(error);
+    throw new ToolError('INVALID_CONFIG', `Could not read config file ${path}: ${reason}`, {
+      fix: 'Check that the file exists and is valid JSON or YAML, for example {"mode": "anonymize"}.',
+      cause: error,
+    });
+  }
+  if (!found || found.isEmpty) return { path: found?.filepath ?? null, values: {} };
+
+  const parsed = configFileSchema.safeParse(found.config);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) => describeIssue(issue, found.config));
+    throw new ToolError('INVALID_CONFIG', `Invalid config file ${found.filepath}: ${problems.join('; ')}.`, {
+      fix: `Allowed keys: ${Object.keys(configFileSchema.shape).join(', ')}.`,
+    });
+  }
+  return { path: found.filepath, values: parsed.data };
+}
+
+function describeIssue(issue: z.ZodIssue, config: unknown): string {
+  if (issue.code === 'unrecognized_keys') return `unknown key(s) ${issue.keys.join(', ')}`;
+  if (issue.path.length === 0) return `the file must contain one object of settings (${issue.message})`;
+  const key = issue.path.join('.');
+  // The database URL may hold a password, so its value is never repeated.
+  const shown = key === 'databaseUrl' ? '' : ` (got ${JSON.stringify((config as Record<string, unknown>)[key])})`;
+  return `${key}: ${issue.message}${shown}`;
+}
+
+function parseInteger(raw: string, source: string, minimum: number, maximum: number, problems: string[]): number | undefined {
+  const value = Number(raw);
+  if (!/^\d+$/.test(raw.trim()) || value < minimum || value > maximum) {
+    problems.push(`${source} must be an integer from ${minimum} to ${maximum}, got "${raw}"`);
+    return undefined;
+  }
+  return value;
+}
+
+/**
+ * Combines flags, environment and config file, in that order of precedence,
+ * over the defaults. The connection URL is taken from --database-url,
+ * INSIGHTS_PRIVACY_DATABASE_URL, DATABASE_URL, then the config file; without
+ * any, node-postgres reads PGHOST, PGPORT, PGDATABASE, PGUSER and PGPASSWORD.
+ * Every invalid value is reported in one error.
+ */
+export function resolveSettings(flags: FlagValues, env: NodeJS.ProcessEnv, config: LoadedConfig): Settings {
+  const problems: string[] = [];
+  const fileName = config.path ?? 'config file';
+
+  const pick = (key: keyof Settings): { raw: string; source: string } | undefined => {
+    if (flags[key] !== undefined) return { raw: flags[key] as string, source: flagNames[key] };
+    const fromEnv = env[environmentNames[key]];
+    if (fromEnv !== undefined && fromEnv !== '') return { raw: fromEnv, source: environmentNames[key] };
+    if (key === 'databaseUrl' && env.DATABASE_URL) return { raw: env.DATABASE_URL, source: 'DATABASE_URL' };
+    const fromFile = config.values[key];
+    if (fromFile !== undefined) return { raw: String(fromFile), source: `${fileName} key ${key}` };
+    return undefined;
+  };
+
+  const choice = <T extends string>(key: keyof Settings, allowed: readonly T[]): T | undefined => {
+    const picked = pick(key);
+    if (!picked) return undefined;
+    if (!(allowed as readonly string[]).includes(picked.raw)) {
+      problems.push(`${picked.source} must be one of ${allowed.join(', ')}, got "${picked.raw}"`);
+      return undefined;
+    }
+    return picked.raw as T;
+  };
+
+  const integer = (key: keyof Settings, fallback: number, minimum: number, maximum: number): number => {
+    const picked = pick(key);
+    if (!picked) return fallback;
+    return parseInteger(picked.raw, picked.source, minimum, maximum, problems) ?? fallback;
+  };
+
+  const settings: Settings = {
+    databaseUrl: pick('databaseUrl')?.raw,
+    mode: choice('mode', modes),
+    scope: choice('scope', scopes) ?? 'source',
+    profile: pick('profile')?.raw ?? 'coder',
+    schema: pick('schema')?.raw ?? defaultSchema,
+    lockTimeoutMs: integer('lockTimeoutMs', 2000, 1, 600000),
+    lockRetries: integer('lockRetries', 5, 0, 100),
+    connectTimeoutSeconds: integer('connectTimeoutSeconds', 10, 1, 600),
+  };
+
+  if (problems.length > 0) {
+    throw new ToolError('INVALID_OPTION', `Invalid setting(s): ${problems.join('; ')}.`, {
+      fix: 'Correct the values named above; run "insights-privacy help" for the allowed values.',
+    });
+  }
+  return settings;
+}
