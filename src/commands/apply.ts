@@ -3,7 +3,7 @@ import { ToolError } from '../core/errors.js';
 import { planApply, protectedTables, replacesForeignKeys, type Mode } from '../core/enforcement.js';
 import { execute, queryRows } from '../core/execute.js';
 import { findDrift } from '../core/findings.js';
-import { inspectInstallation, type Installation } from '../core/inspect.js';
+import { currentDatabase, inspectInstallation, type Installation } from '../core/inspect.js';
 import { checkPrivileges, validateSchemaName } from '../core/preflight.js';
 import { ident, qualified, type Statement } from '../core/sql.js';
 import { runLocked, type LockPolicy } from '../core/transaction.js';
@@ -121,9 +121,10 @@ async function plan(client: pg.ClientBase, settings: ApplySettings) {
 async function validateRestoredKeys(client: pg.ClientBase, restored: UserForeignKey[], detection: Detection): Promise<{ name: string; validated: boolean }[]> {
   const results: { name: string; validated: boolean }[] = [];
   for (const foreignKey of restored) {
-    const [row] = await queryRows<{ orphans: boolean }>(client, 'coder/orphan-app-stats.sql', [], {
-      appStats: qualified(foreignKey.table.schema, foreignKey.table.name),
+    const [row] = await queryRows<{ orphans: boolean }>(client, 'queries/orphan-rows.sql', [], {
+      table: qualified(foreignKey.table.schema, foreignKey.table.name),
       users: qualified(detection.users.schema, detection.users.name),
+      column: ident(foreignKey.columns[0]),
     });
     if (!row.orphans) for (const statement of validateForeignKey(foreignKey)) await execute(client, statement);
     results.push({ name: foreignKey.name, validated: !row.orphans });
@@ -138,7 +139,7 @@ async function validateRestoredKeys(client: pg.ClientBase, restored: UserForeign
  */
 export async function applyEnforcement(client: pg.ClientBase, settings: ApplySettings): Promise<ApplyResult> {
   validateSchemaName(settings.schema);
-  const [{ database }] = (await client.query<{ database: string }>('SELECT current_database() AS database')).rows;
+  const database = await currentDatabase(client);
 
   const first = await plan(client, settings);
   const base = {

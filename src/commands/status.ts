@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { triggerFunction, triggerFunctionName, protectedTables } from '../core/enforcement.js';
 import { findDrift, type Finding } from '../core/findings.js';
-import { countRows, inspectInstallation, roleExposure, type RoleExposure, type RowCounts } from '../core/inspect.js';
+import { countRows, currentDatabase, inspectInstallation, roleExposure, type RoleExposure, type RowCounts } from '../core/inspect.js';
 import { validateSchemaName } from '../core/preflight.js';
 import { getProfile } from '../profiles/index.js';
 import type { ForeignKeyState, Scope } from '../profiles/types.js';
@@ -76,7 +76,7 @@ export async function readStatus(client: pg.ClientBase, settings: StatusSettings
   const profile = getProfile(settings.profile);
   const detection = await profile.detect(client);
   const installation = await inspectInstallation(client, detection, settings.schema);
-  const [{ database }] = (await client.query<{ database: string }>('SELECT current_database() AS database')).rows;
+  const database = await currentDatabase(client);
 
   const state = installation.state;
   const mode = state?.mode ?? 'off';

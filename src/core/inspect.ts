@@ -149,7 +149,7 @@ async function readTrigger(client: pg.ClientBase, table: UsageTable): Promise<In
 
 /** Reads the tool's schema, state, keys, functions and triggers from the catalog. */
 export async function inspectInstallation(client: pg.ClientBase, detection: Detection, schema: string): Promise<Installation> {
-  const [{ present }] = (await client.query<{ present: boolean }>('SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1) AS present', [schema])).rows;
+  const [{ present }] = await queryRows<{ present: boolean }>(client, 'queries/schema-exists.sql', [schema]);
   const { crypto, available } = await locateCrypto(client, schema);
   const triggers = new Map<UsageTable, InstalledTrigger | null>();
   for (const table of detection.tables) triggers.set(table, await readTrigger(client, table));
@@ -163,6 +163,12 @@ export async function inspectInstallation(client: pg.ClientBase, detection: Dete
     functions: present ? await readFunctions(client, schema) : new Map(),
     triggers,
   };
+}
+
+/** Returns the name of the connected database. */
+export async function currentDatabase(client: pg.ClientBase): Promise<string> {
+  const [row] = await queryRows<{ database: string }>(client, 'queries/current-database.sql');
+  return row.database;
 }
 
 /** Counts total, identifiable and pseudonymized rows of a table; a full scan of the table. */

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { ToolError } from './errors.js';
+import { queryRows } from './execute.js';
 import type { Detection } from '../profiles/types.js';
 
 const identifierPattern = /^[a-z_][a-z0-9_$]*$/;
@@ -25,25 +26,16 @@ export function validateSchemaName(schema: string): void {
 export async function checkPrivileges(client: pg.ClientBase, detection: Detection, schema: string): Promise<void> {
   const problems: string[] = [];
   for (const table of detection.tables) {
-    const { rows } = await client.query<{ owner: boolean }>('SELECT pg_catalog.pg_has_role(current_user, c.relowner, $2) AS owner FROM pg_catalog.pg_class AS c WHERE c.oid = $1::oid', [
-      table.oid,
-      'USAGE',
-    ]);
-    if (!rows[0]?.owner) problems.push(`table ${table.schema}.${table.name} is owned by ${table.owner}`);
+    const [ownership] = await queryRows<{ owned: boolean }>(client, 'queries/table-owned.sql', [table.oid]);
+    if (!ownership?.owned) problems.push(`table ${table.schema}.${table.name} is owned by ${table.owner}`);
   }
 
-  const { rows } = await client.query<{ user: string; schema_owner: boolean | null; can_create: boolean }>(
-    `SELECT current_user AS user,
-            (SELECT pg_catalog.pg_has_role(current_user, n.nspowner, 'USAGE') FROM pg_catalog.pg_namespace AS n WHERE n.nspname = $1) AS schema_owner,
-            has_database_privilege(current_database(), 'CREATE') AS can_create`,
-    [schema],
-  );
-  const [role] = rows;
-  if (role.schema_owner === false) problems.push(`schema ${schema} exists and is owned by another role`);
-  if (role.schema_owner === null && !role.can_create) problems.push(`it has no CREATE privilege on the database, which creating schema ${schema} needs`);
+  const [role] = await queryRows<{ role: string; schema_owned: boolean | null; can_create: boolean }>(client, 'queries/schema-privileges.sql', [schema]);
+  if (role.schema_owned === false) problems.push(`schema ${schema} exists and is owned by another role`);
+  if (role.schema_owned === null && !role.can_create) problems.push(`it has no CREATE privilege on the database, which creating schema ${schema} needs`);
 
   if (problems.length > 0) {
-    throw new ToolError('MISSING_PRIVILEGE', `Role ${role.user} cannot install enforcement: ${problems.join('; ')}.`, {
+    throw new ToolError('MISSING_PRIVILEGE', `Role ${role.role} cannot install enforcement: ${problems.join('; ')}.`, {
       fix: 'Run insights-privacy as the role that owns the application tables (for Coder, the role coder server connects as), or GRANT that role to the current user.',
     });
   }

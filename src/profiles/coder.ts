@@ -57,9 +57,7 @@ async function detect(client: pg.ClientBase): Promise<Detection> {
 
   const missing = [usersTable, agentStatsTable, appStatsTable].filter((name) => !byName.has(name));
   if (missing.length > 0) {
-    const [{ database, path }] = (await client.query<{ database: string; path: string }>(
-      "SELECT current_database() AS database, array_to_string(current_schemas(false), ', ') AS path",
-    )).rows;
+    const [{ database, path }] = await queryRows<{ database: string; path: string }>(client, 'queries/search-path.sql');
     throw new ToolError(
       'NOT_A_CODER_DATABASE',
       `Database ${database} is not a Coder database: table(s) ${missing.join(', ')} not found in the search path (${path || 'empty'}).`,
