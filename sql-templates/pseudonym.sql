@@ -25,7 +25,7 @@ BEGIN
       USING HINT = 'Run "insights-privacy apply --mode anonymize" to create one.';
   END IF;
 
-  digest := {{hmac}}(convert_to({{domainLabel}}, 'UTF8') || uuid_send(id), secret, 'sha256');
+  digest := {{hmac}}(convert_to({{domainLabel}}, 'UTF8') || uuid_send(id), secret, 'sha256'::text);
   digest := set_byte(digest, 6, (get_byte(digest, 6) & 15) | 128);
   digest := set_byte(digest, 8, (get_byte(digest, 8) & 63) | 128);
   RETURN encode(substr(digest, 1, 16), 'hex')::uuid;
