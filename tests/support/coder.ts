@@ -101,7 +101,7 @@ export interface TestRole {
   readonly url: string;
   /** Opens a new client as the role, on `database` or else on the database of `url`; the caller ends it. */
   connect(database?: TestDatabase): Promise<pg.Client>;
-  /** Drops the role. Drop every database in which it owns objects or holds privileges first. */
+  /** Drops the role. Drop every database in which it owns objects or has privileges first. */
   drop(): Promise<void>;
 }
 
@@ -147,7 +147,7 @@ export async function createLoginRole(prefix: string, database?: TestDatabase): 
   };
 }
 
-/** The protected tables of a column set, parents before children. */
+/** Returns the tables that source scope protects in a column set, parents before children. */
 export function usageTables(columnSet: ColumnSet): string[] {
   const rollup = columnSet === '2026' ? ['template_usage_stats', 'template_usage_stats_session_apps'] : ['template_usage_stats'];
   return [...rollup, 'workspace_agent_stats', 'workspace_app_stats'];
