@@ -643,3 +643,43 @@ describe.each(columnSets)('write paths with the %s column set', (columnSet) => {
     }
   });
 });
+
+describe.each(['source', 'rollup'] as const)('rollup under anonymize scope %s, 2026 column set', (scope) => {
+  let coder: CoderDatabase;
+
+  beforeEach(async () => {
+    coder = await createCoderDatabase('writes_scope', '2026', { users: 1, templates: 1, workspacesPerUser: 1 });
+    await applyMode(coder.client, 'anonymize', scope);
+  });
+
+  afterEach(async () => {
+    await coder.close();
+  });
+
+  // Coder's 2026 rollup reads its own stored rows back by key: it compares
+  // the session digest with the stored bucket and deletes the session apps
+  // a bucket no longer has. Under scope rollup the raw tables keep real ids,
+  // so the rollup computes with real ids while the stored rows carry
+  // pseudonyms.
+  test('stale session apps are removed', async () => {
+    const [workspace] = coder.population.workspaces;
+    const report: AgentStatRow = {
+      ...hourOfUse(workspace, hourOne).agentRows[0],
+      sessionCounts: { ssh: 1 },
+    };
+    await insertAgentStats(coder.client, '2026', [report]);
+    await rollupTemplateUsage(coder.client, '2026', after(hourOne, 60));
+
+    // The same minute reported again as a vscode session: ssh disappears.
+    await coder.client.query('DELETE FROM workspace_agent_stats');
+    await insertAgentStats(coder.client, '2026', [{ ...report, id: randomUUID(), sessionCounts: { vscode: 1 } }]);
+    const result = await rollupTemplateUsage(coder.client, '2026', after(hourOne, 60));
+
+    const [pseudonym] = await pseudonymsOf(coder.client, [workspace.ownerId]);
+    const { rows } = await coder.client.query<{ app_name: string; user_id: string }>(
+      'SELECT app_name, user_id::text FROM template_usage_stats_session_apps ORDER BY app_name',
+    );
+    expect(rows).toEqual([{ app_name: 'vscode', user_id: pseudonym }]);
+    expect(result.removedSessionAppRows).toBe(1);
+  });
+});
