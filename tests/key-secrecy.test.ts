@@ -277,6 +277,35 @@ describe('key secrecy under anonymize', () => {
     expect(applied.statements.filter((statement) => containsKey(key, statement.sql + JSON.stringify(statement.params))).map((statement) => statement.template)).toEqual([]);
   });
 
+  test('key in no column statistics', async () => {
+    // The key table holds one row per key and the newest is in use, so a
+    // second key is a state the schema provides for. ANALYZE, run by hand or
+    // by maintenance jobs, samples column values into pg_statistic.
+    const { rows: added } = await coder.client.query<{ id: number }>(
+      `INSERT INTO ${privacySchema}.keys (key, fingerprint)
+       VALUES (decode(md5(random()::text) || md5(random()::text), 'hex'), 'second test key')
+       RETURNING id`,
+    );
+    try {
+      const { rows: keys } = await coder.client.query<{ key: Buffer }>(`SELECT key FROM ${privacySchema}.keys`);
+      await coder.client.query(`ANALYZE ${privacySchema}.keys`);
+
+      const { rows } = await coder.client.query<{ statistics: string }>(
+        `SELECT concat_ws(' ', s.stavalues1, s.stavalues2, s.stavalues3, s.stavalues4, s.stavalues5) AS statistics
+         FROM pg_statistic AS s
+         WHERE s.starelid = $1::regclass`,
+        [`${privacySchema}.keys`],
+      );
+
+      expect(keys).toHaveLength(2);
+      expect(rows.length).toBeGreaterThan(0);
+      expect(keys.some(({ key }) => rows.some((row) => containsKey(key, row.statistics)))).toBe(false);
+    } finally {
+      await coder.client.query(`DELETE FROM ${privacySchema}.keys WHERE id = $1`, [added[0].id]);
+      await coder.client.query(`ANALYZE ${privacySchema}.keys`);
+    }
+  });
+
   const logPath = serverLogPath();
   const logTest = logPath ? test : test.skip;
   const logTestName = logPath ? 'key in no server log line' : 'key in no server log line (skipped: DATABASE_URL is set, so the tests have no server log file to read)';

@@ -656,11 +656,11 @@ describe.each(['source', 'rollup'] as const)('rollup under anonymize scope %s, 2
     await coder.close();
   });
 
-  // Coder's 2026 rollup reads its own stored rows back by key: it compares
-  // the session digest with the stored bucket and deletes the session apps
-  // a bucket no longer has. Under scope rollup the raw tables keep real ids,
-  // so the rollup computes with real ids while the stored rows carry
-  // pseudonyms.
+  // The fixture's 2026 rollup, modelled on Coder's, reads its own stored
+  // rows back by key: it compares the session digest with the stored bucket
+  // and deletes the session apps a bucket no longer has. Under scope rollup
+  // the raw tables keep real ids, so the rollup computes with real ids while
+  // the stored rows carry pseudonyms.
   test('stale session apps are removed', async () => {
     const [workspace] = coder.population.workspaces;
     const report: AgentStatRow = {
