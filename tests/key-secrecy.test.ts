@@ -278,7 +278,7 @@ describe('key secrecy under anonymize', () => {
   });
 
   test('key in no column statistics', async () => {
-    // The key table holds one row per key and the newest is in use, so a
+    // The key table has one row per key and the newest is in use, so a
     // second key is a state the schema provides for. ANALYZE, run by hand or
     // by maintenance jobs, samples column values into pg_statistic.
     const { rows: added } = await coder.client.query<{ id: number }>(

@@ -174,11 +174,31 @@ async function copyRows(client: pg.Client, rows: TableRows): Promise<number> {
   return stream.rowCount;
 }
 
-type StatementForm = 'single-row INSERT' | 'multi-row INSERT' | 'COPY FROM STDIN';
+/**
+ * Inserts all rows with one MERGE whose source never matches, and returns the
+ * row count PostgreSQL reported. The rows travel as one JSON array that
+ * json_populate_recordset turns into rows of the table's type.
+ */
+async function mergeRows(client: pg.ClientBase, rows: TableRows): Promise<number> {
+  const records = rows.rows.map((row) =>
+    Object.fromEntries(rows.columns.map((column, index) => [column, column === 'session_counts' ? JSON.parse(row.values[index] as string) : row.values[index]])),
+  );
+  const result = await client.query(
+    `MERGE INTO ${rows.table} AS target
+     USING json_populate_recordset(NULL::${rows.table}, $1::json) AS source
+     ON false
+     WHEN NOT MATCHED THEN INSERT (${rows.columns.join(', ')}) VALUES (${rows.columns.map((column) => `source.${column}`).join(', ')})`,
+    [JSON.stringify(records)],
+  );
+  return result.rowCount ?? 0;
+}
+
+type StatementForm = 'single-row INSERT' | 'multi-row INSERT' | 'COPY FROM STDIN' | 'MERGE';
 
 async function writeRows(client: pg.Client, rows: TableRows, form: StatementForm): Promise<number> {
   if (form === 'single-row INSERT') return insertEachRow(client, rows);
   if (form === 'multi-row INSERT') return insertValuesList(client, rows);
+  if (form === 'MERGE') return mergeRows(client, rows);
   return copyRows(client, rows);
 }
 
@@ -329,7 +349,7 @@ describe.each(columnSets)('write paths with the %s column set', (columnSet) => {
     }
 
     const tables = usageTables(columnSet);
-    const forms: StatementForm[] = ['single-row INSERT', 'multi-row INSERT', 'COPY FROM STDIN'];
+    const forms: StatementForm[] = ['single-row INSERT', 'multi-row INSERT', 'COPY FROM STDIN', 'MERGE'];
     const formCases = forms.flatMap((form) => tables.map((table) => [form, table] as const));
 
     test.each(formCases)('%s into %s', async (form, table) => {
