@@ -288,6 +288,31 @@ describe.each(columnSets)('column set %s', (columnSet) => {
     });
   });
 
+  describe('disable idempotence', () => {
+    let coder: CoderDatabase;
+
+    beforeAll(async () => {
+      coder = await createCoderDatabase(`lifecycle_disable_${columnSet}`, columnSet);
+    });
+
+    afterAll(async () => {
+      await coder?.close();
+    });
+
+    test('second disable changes nothing', async () => {
+      const first = await apply(coder.database.url, 'disable');
+      const installed = await scalar<string>(coder.client, installationSnapshotSql);
+
+      const second = await apply(coder.database.url, 'disable');
+
+      expect(first.outcome).toBe('applied');
+      expect(second.outcome).toBe('unchanged');
+      expect(await scalar<string>(coder.client, installationSnapshotSql)).toBe(installed);
+      expect(await triggeredTables(coder.client)).toEqual([...usageTables(columnSet)].sort());
+      expect((await foreignKeyConstraint(coder.client))[0].contype).toBe('f');
+    });
+  });
+
   describe('mode switch', () => {
     let coder: CoderDatabase;
 
