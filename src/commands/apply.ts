@@ -78,7 +78,11 @@ function describeChange(settings: ApplySettings, detection: Detection, installat
   }
 
   if (settings.mode === 'anonymize') {
-    lines.push('Rows that Coder still recomputes or upserts (the rollup window, sessions of the last hour) are converted to pseudonyms now; older rows are kept as they are.');
+    lines.push(
+      settings.scope === 'source'
+        ? 'Rows that Coder still recomputes or upserts (the rollup window, app sessions of the last hour) are converted to pseudonyms now; older rows are kept as they are.'
+        : 'Rollup rows that Coder still recomputes (the rollup window) are converted to pseudonyms now; older rows and the raw tables are kept as they are.',
+    );
     lines.push('Distinct-user counts over a period that spans this change count each person twice (real id and pseudonym), and per-user insights from before stay visible.');
   }
   return lines;
@@ -94,7 +98,9 @@ async function checkRollupScope(client: pg.ClientBase, profile: Profile, detecti
     throw new ToolError(
       'INVALID_OPTION',
       `Scope rollup cannot start yet: ${blockers} pseudonymized row(s) in the raw tables are still inside the window that Coder's rollup recomputes, and mixing them with real ids would make the rollup's upsert fail.`,
-      { fix: 'Keep scope source for now and retry --scope rollup in about two hours, when the rollup window has moved past those rows.' },
+      {
+        fix: 'Under scope source every new raw row is pseudonymized, so the window never clears while it runs: apply --mode disable (or --mode off) first, then --scope rollup about two hours later, when the rollup window has moved past those rows.',
+      },
     );
   }
 }

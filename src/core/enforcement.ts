@@ -54,18 +54,20 @@ export interface ExpectedFunction {
   readonly name: string;
   readonly statements: Statement[];
   readonly body: string;
+  /** Whether the template declares the function SECURITY DEFINER. */
+  readonly securityDefiner: boolean;
 }
 
-function expectedFunction(name: string, template: string, variables: Record<string, SqlFragment>): ExpectedFunction {
+function expectedFunction(name: string, template: string, variables: Record<string, SqlFragment>, securityDefiner = true): ExpectedFunction {
   const rendered = renderTemplate(template, variables);
-  return { name, statements: templateStatements(template, variables), body: functionBody(rendered) };
+  return { name, statements: templateStatements(template, variables), body: functionBody(rendered), securityDefiner };
 }
 
 /** The key-independent helper and the pseudonym function, as this version renders them. */
 export function pseudonymFunctions(schemaName: string, crypto: CryptoLocation): ExpectedFunction[] {
   const schema = ident(schemaName);
   return [
-    expectedFunction('is_pseudonym', 'is-pseudonym.sql', { schema }),
+    expectedFunction('is_pseudonym', 'is-pseudonym.sql', { schema }, false),
     expectedFunction('pseudonym', 'pseudonym.sql', {
       schema,
       schemaName: literal(schemaName),
@@ -155,12 +157,13 @@ export function planApply(detection: Detection, target: EnforcementTarget, conte
     }
   }
 
+  const cutover = mode === 'anonymize' ? context.profile.cutover(detection, { schema, scope, tables: [...protectedSet] }) : null;
+  statements.push(...(cutover?.beforeForeignKeys ?? []));
   for (const state of detection.userForeignKeys) {
     if (replacesForeignKeys(mode, scope) && state.foreignKey) statements.push(...replaceForeignKey(state.foreignKey));
     if (!replacesForeignKeys(mode, scope) && state.placeholder && !state.foreignKey) statements.push(...restoreForeignKey(state.placeholder));
   }
-
-  if (mode === 'anonymize') statements.push(...context.profile.cutover(detection, { schema, scope, tables: [...protectedSet] }));
+  statements.push(...(cutover?.afterForeignKeys ?? []));
 
   const options = { ...context.recordedOptions, scope };
   statements.push(...templateStatements('record-state.sql', { schema }, [mode, detection.profile, mode === 'anonymize' ? scope : null, JSON.stringify(options), toolVersion]));

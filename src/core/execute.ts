@@ -6,6 +6,9 @@ import { templateStatements, type TemplateVariables } from './templates.js';
 /** SQLSTATE of a lock wait that ran past lock_timeout; such a failure is retried. */
 export const lockNotAvailable = '55P03';
 
+/** SQLSTATE of a transaction chosen as the victim of a deadlock; retried too. */
+export const deadlockDetected = '40P01';
+
 /** Runs one statement; a failure becomes an error naming its template, SQLSTATE, detail and hint. */
 export async function execute<R extends pg.QueryResultRow = pg.QueryResultRow>(
   client: pg.ClientBase,
@@ -32,7 +35,7 @@ export async function queryRows<R extends pg.QueryResultRow>(
 
 function statementError(statement: Statement, error: unknown): unknown {
   if (!isDatabaseError(error)) return error;
-  if (error.code === lockNotAvailable) return error;
+  if (error.code === lockNotAvailable || error.code === deadlockDetected) return error;
 
   const parts = [`SQL from sql-templates/${statement.template} failed: ${error.message} (SQLSTATE ${error.code}).`];
   if (error.detail) parts.push(`Detail: ${error.detail}`);

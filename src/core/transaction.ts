@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
 import { ToolError, isDatabaseError } from './errors.js';
-import { execute, lockNotAvailable } from './execute.js';
+import { deadlockDetected, execute, lockNotAvailable } from './execute.js';
 import type { Statement } from './sql.js';
 
 /** Two-key advisory lock id that serializes insights-privacy runs on one database ("iprv", 1). */
@@ -42,10 +42,13 @@ export async function runLocked<T>(client: pg.ClientBase, policy: LockPolicy, bu
       return result;
     } catch (error) {
       await client.query('ROLLBACK').catch(() => undefined);
-      const retryable = error instanceof LockBusy || (isDatabaseError(error) && error.code === lockNotAvailable);
+      // A deadlock victim is retried like a lock timeout: the rollback released
+      // every lock, so the other transaction has gone on.
+      const retryable = error instanceof LockBusy || (isDatabaseError(error) && (error.code === lockNotAvailable || error.code === deadlockDetected));
       if (!retryable) throw error;
 
-      const reason = error instanceof LockBusy ? error.message : `a lock was not granted within ${policy.lockTimeoutMs} ms`;
+      const reason =
+        error instanceof LockBusy ? error.message : error.code === deadlockDetected ? 'a deadlock with another transaction' : `a lock was not granted within ${policy.lockTimeoutMs} ms`;
       if (attempt > policy.retries) {
         throw new ToolError('LOCK_TIMEOUT', `Gave up after ${attempt} attempt(s): ${reason}.`, {
           fix: 'Retry later, or raise --lock-timeout (milliseconds) or --lock-retries; long-running transactions on the usage tables hold the locks.',

@@ -4,7 +4,7 @@ import { queryRows } from '../core/execute.js';
 import { ident, joinSql, qualified, SqlFragment, type Statement } from '../core/sql.js';
 import { renderTemplate, templateStatements } from '../core/templates.js';
 import { readForeignKeyState } from './foreign-keys.js';
-import type { CutoverContext, Detection, EnforcedMode, Profile, Scope, TableRef, UsageTable } from './types.js';
+import type { Cutover, CutoverContext, Detection, EnforcedMode, Profile, Scope, TableRef, UsageTable } from './types.js';
 
 const rollupTable = 'template_usage_stats';
 const agentStatsTable = 'workspace_agent_stats';
@@ -136,29 +136,30 @@ function copyRollupRows(table: UsageTable, schema: SqlFragment, from: SqlFragmen
   });
 }
 
-function cutover(detection: Detection, context: CutoverContext): Statement[] {
+function cutover(detection: Detection, context: CutoverContext): Cutover {
   const { schema, scope } = context;
   const from = rollupFrom(detection);
-  const statements: Statement[] = [];
+  const beforeForeignKeys: Statement[] = [];
+  const afterForeignKeys: Statement[] = [];
 
   if (scope === 'source') {
     const agentStats = findTable(detection, agentStatsTable) as UsageTable;
     const appStats = findTable(detection, appStatsTable) as UsageTable;
-    statements.push(...templateStatements('coder/convert-agent-stats.sql', { agentStats: tableSql(agentStats), rollupFrom: from, schema }));
-    statements.push(...templateStatements('coder/convert-app-stats.sql', { appStats: tableSql(appStats), rollupFrom: from, schema }));
+    beforeForeignKeys.push(...templateStatements('coder/convert-agent-stats.sql', { agentStats: tableSql(agentStats), rollupFrom: from, schema }));
+    afterForeignKeys.push(...templateStatements('coder/convert-app-stats.sql', { appStats: tableSql(appStats), rollupFrom: from, schema }));
   }
 
   const rollup = findTable(detection, rollupTable);
   if (rollup) {
     const children = detection.tables.filter((table) => table.role === 'rollup' && table !== rollup);
-    statements.push(...copyRollupRows(rollup, schema, from));
-    for (const child of children) statements.push(...copyRollupRows(child, schema, from));
+    beforeForeignKeys.push(...copyRollupRows(rollup, schema, from));
+    for (const child of children) beforeForeignKeys.push(...copyRollupRows(child, schema, from));
     for (const table of [...children, rollup]) {
-      statements.push(...templateStatements('coder/delete-raw-usage-stats.sql', { table: tableSql(table), rollupFrom: from, schema }));
+      beforeForeignKeys.push(...templateStatements('coder/delete-raw-usage-stats.sql', { table: tableSql(table), rollupFrom: from, schema }));
     }
   }
 
-  return statements;
+  return { beforeForeignKeys, afterForeignKeys };
 }
 
 async function rollupScopeBlockers(client: pg.ClientBase, detection: Detection, schema: SqlFragment): Promise<number> {
@@ -182,8 +183,17 @@ function notes(detection: Detection, mode: EnforcedMode | 'off', scope: Scope): 
   if (mode === 'anonymize' && scope === 'source') {
     result.push("Scope source: Coder's per-agent Prometheus series and per-user insights (which join users) show no rows for new data.");
   }
-  if (mode === 'anonymize') {
+  if (mode === 'anonymize' && scope === 'source') {
     result.push('Raw rows keep workspace_id and agent_id, which lead to the workspace owner: the raw tables are pseudonymous, not anonymous.');
+  }
+  // NOTE: Coder's 2026 rollup deletes stale child rows by the user ids it
+  // computes from the raw tables; under scope rollup those are real ids and
+  // never match the stored pseudonyms, so a stale row stays.
+  const children = detection.tables.filter((table) => table.role === 'rollup' && table.name !== rollupTable);
+  if (mode === 'anonymize' && scope === 'rollup' && children.length > 0) {
+    result.push(
+      `Scope rollup with ${children.map((table) => table.name).join(', ')}: when a recomputed bucket loses an app (for example after Coder's app registry changes), Coder cannot find the pseudonymized child row to delete it, so its minutes stay counted. Scope source has no such gap.`,
+    );
   }
   if (mode === 'disable') {
     result.push('Rows stored before disable stay in the tables; Coder keeps showing them until it deletes them.');

@@ -73,6 +73,17 @@ export interface CutoverContext {
   readonly tables: readonly UsageTable[];
 }
 
+/**
+ * The conversion statements of a cut-over. Those that store pseudonyms where a
+ * foreign key to users exists must run after the key is replaced; the plan
+ * runs them last, so that the lock on the users table that replacing the key
+ * takes is held for as short a time as possible.
+ */
+export interface Cutover {
+  readonly beforeForeignKeys: Statement[];
+  readonly afterForeignKeys: Statement[];
+}
+
 /** The rules for one application's usage tables. */
 export interface Profile {
   readonly name: string;
@@ -82,7 +93,7 @@ export interface Profile {
    * Statements that convert the rows the application will still recompute or
    * upsert, run in the transaction that installs anonymize.
    */
-  cutover(detection: Detection, context: CutoverContext): Statement[];
+  cutover(detection: Detection, context: CutoverContext): Cutover;
   /**
    * Counts rows that would break the rollup under scope `rollup`: pseudonyms
    * in raw tables that the application still reads. Zero means the scope can start.
