@@ -27,4 +27,7 @@ CREATE TABLE IF NOT EXISTS {{schema}}.keys (
   created_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Without this, ANALYZE would copy key values into pg_statistic.
+ALTER TABLE {{schema}}.keys ALTER COLUMN key SET STATISTICS 0;
+
 REVOKE ALL ON ALL TABLES IN SCHEMA {{schema}} FROM PUBLIC;
