@@ -34,6 +34,7 @@ const searchPathConfig = 'search_path=pg_catalog, pg_temp';
 function functionProblems(expected: ExpectedFunction, installed: InstalledFunction | undefined): string | null {
   if (!installed) return 'is missing';
   if (installed.body !== expected.body) return 'has a body that differs from what this version of insights-privacy installs (replaced or edited)';
+  if (installed.securityDefiner !== expected.securityDefiner) return expected.securityDefiner ? 'is not SECURITY DEFINER' : 'is SECURITY DEFINER';
   if (installed.config !== searchPathConfig) return `runs with "${installed.config || 'no fixed search_path'}" instead of "${searchPathConfig}"`;
   if (installed.publicExecute) return 'is executable by PUBLIC';
   return null;
