@@ -1,3 +1,4 @@
+import { readStatus } from '../src/commands/status.js';
 import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -680,8 +681,9 @@ describe.each(['source', 'rollup'] as const)('rollup under anonymize scope %s, 2
   // rows back by key: it compares the session digest with the stored bucket
   // and deletes the session apps a bucket no longer has. Under scope rollup
   // the raw tables keep real ids, so the rollup computes with real ids while
-  // the stored rows carry pseudonyms.
-  test('stale session apps are removed', async () => {
+  // the stored rows carry pseudonyms: the stale row stays, a limit that
+  // status reports as a note.
+  test('stale session apps after a bucket shrinks', async () => {
     const [workspace] = coder.population.workspaces;
     const report: AgentStatRow = {
       ...hourOfUse(workspace, hourOne).agentRows[0],
@@ -699,7 +701,19 @@ describe.each(['source', 'rollup'] as const)('rollup under anonymize scope %s, 2
     const { rows } = await coder.client.query<{ app_name: string; user_id: string }>(
       'SELECT app_name, user_id::text FROM template_usage_stats_session_apps ORDER BY app_name',
     );
-    expect(rows).toEqual([{ app_name: 'vscode', user_id: pseudonym }]);
-    expect(result.removedSessionAppRows).toBe(1);
+    const status = await readStatus(coder.client, { schema: 'insights_privacy', profile: 'coder', counts: false });
+    const limitNoted = status.notes.some((note) => note.includes('template_usage_stats_session_apps') && note.includes('stay counted'));
+
+    if (scope === 'source') {
+      expect(rows).toEqual([{ app_name: 'vscode', user_id: pseudonym }]);
+      expect(result.removedSessionAppRows).toBe(1);
+      expect(limitNoted).toBe(false);
+    } else {
+      expect(rows).toEqual([
+        { app_name: 'ssh', user_id: pseudonym },
+        { app_name: 'vscode', user_id: pseudonym },
+      ]);
+      expect(limitNoted).toBe(true);
+    }
   });
 });

@@ -29,7 +29,7 @@ export function formatApply(result: ApplyResult, chalk: ChalkInstance): string {
     lines.push(chalk.green(`Applied mode ${result.mode}${result.scope ? ` (scope ${result.scope})` : ''} to ${target}.`));
     for (const line of result.summary) lines.push(`  ${line}`);
     for (const key of result.restoredForeignKeys) {
-      lines.push(`  Foreign key ${key.name} restored${key.validated ? ' and validated' : ' as NOT VALID: pseudonymized rows remain that match no user'}.`);
+      lines.push(`  Foreign key ${key.name}: ${key.validated ? 'validated' : 'left NOT VALID, because pseudonymized rows remain that match no user'}.`);
     }
   }
   return `${lines.join('\n')}\n`;
@@ -77,7 +77,7 @@ export function formatStatus(report: StatusReport, chalk: ChalkInstance): string
   const bypass = new Set(report.tables.flatMap((row) => row.canBypass.map((role) => `${role.role} (${role.reason})`)));
   const probe = new Set(report.tables.flatMap((row) => row.canProbe.map((role) => role.role)));
   lines.push(`Roles that can switch enforcement off: ${[...bypass].join(', ') || 'none'}`);
-  lines.push(`Roles that can insert and read, so can compute the pseudonym of a chosen id: ${[...probe].join(', ') || 'none'}`);
+  lines.push(`Other roles that can insert and read, so can compute the pseudonym of a chosen id: ${[...probe].join(', ') || 'none'}`);
 
   if (report.findings.length > 0) {
     lines.push('', chalk.bold('Findings:'));
@@ -90,6 +90,8 @@ export function formatStatus(report: StatusReport, chalk: ChalkInstance): string
     lines.push('', chalk.bold('Notes:'));
     for (const note of report.notes) lines.push(`  - ${note}`);
   }
-  lines.push('', report.ok ? chalk.green('Enforcement matches the recorded mode.') : chalk.red('Enforcement does not match the recorded mode.'));
+  let verdict = report.ok ? chalk.green('Enforcement matches the recorded mode.') : chalk.red('Enforcement does not match the recorded mode.');
+  if (report.mode === 'off') verdict = chalk.yellow('No enforcement is installed (mode off).');
+  lines.push('', verdict);
   return `${lines.join('\n')}\n`;
 }
