@@ -3,7 +3,7 @@ import { ToolError } from './errors.js';
 import { queryRows } from './execute.js';
 import type { Detection } from '../profiles/types.js';
 
-const identifierPattern = /^[a-z_][a-z0-9_$]*$/;
+const identifierPattern = /^[a-z_][a-z0-9_]*$/;
 
 /**
  * Validates the name of the tool's private schema: a lower-case SQL
