@@ -31,12 +31,19 @@ export function paint(io: CliIo): ChalkInstance {
   return new Chalk({ level: noColour ? 0 : forced || io.colour ? 1 : 0 });
 }
 
-/** Asks a yes/no question on stdin; only "y" or "yes" confirms. */
+/** Asks a yes/no question on stdin; only "y" or "yes" confirms, and end of input or Ctrl+C declines. */
 export async function askYesNo(io: CliIo, question: string): Promise<boolean> {
   const readline = createInterface({ input: io.stdin, output: io.stderr as NodeJS.WritableStream });
   try {
-    const answer = await readline.question(`${question} [y/N] `);
-    return /^(y|yes)$/i.test(answer.trim());
+    return await new Promise<boolean>((resolve) => {
+      readline.question(`${question} [y/N] `).then(
+        (answer) => resolve(/^(y|yes)$/i.test(answer.trim())),
+        () => resolve(false),
+      );
+      // The question never settles when input ends first; the answer to a
+      // line that came just before the end settles before this runs.
+      readline.once('close', () => setImmediate(() => resolve(false)));
+    });
   } finally {
     readline.close();
   }

@@ -34,7 +34,7 @@ function addCommonOptions(command: Command): Command {
     .option('--verbose', 'show stack traces of errors');
 }
 
-async function settingsFor(io: CliIo, flags: CommonFlags & FlagValues & Record<string, unknown>): Promise<Settings> {
+async function settingsFor(io: CliIo, flags: CommonFlags & FlagValues & Record<string, unknown>): Promise<Settings & { env: NodeJS.ProcessEnv }> {
   const config = await loadConfig(flags.config ?? io.env.INSIGHTS_PRIVACY_CONFIG, io.cwd);
   const values: FlagValues = {
     databaseUrl: flags.databaseUrl,
@@ -46,7 +46,7 @@ async function settingsFor(io: CliIo, flags: CommonFlags & FlagValues & Record<s
     lockRetries: flags.lockRetries as string | undefined,
     connectTimeoutSeconds: flags.connectTimeout,
   };
-  return resolveSettings(values, io.env, config);
+  return { ...resolveSettings(values, io.env, config), env: io.env };
 }
 
 async function confirmWith(io: CliIo, summary: string[]): Promise<boolean> {
@@ -184,8 +184,8 @@ export async function runCli(argv: readonly string[], io: CliIo = processIo()): 
     return pending ? await pending : ExitCode.ok;
   } catch (error) {
     if (error instanceof CommanderError) {
-      if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.code === 'commander.help') return ExitCode.ok;
-      return ExitCode.error;
+      // commander reports help shown for a usage error (no command) with exit code 1.
+      return error.exitCode === 0 ? ExitCode.ok : ExitCode.error;
     }
     return reportError(io, error, verbose);
   }

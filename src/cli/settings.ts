@@ -1,3 +1,5 @@
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import { cosmiconfig } from 'cosmiconfig';
 import { z } from 'zod';
 import { ToolError } from '../core/errors.js';
@@ -82,12 +84,12 @@ export interface LoadedConfig {
 export async function loadConfig(explicitPath: string | undefined, cwd: string): Promise<LoadedConfig> {
   const explorer = cosmiconfig('insights-privacy', { searchStrategy: 'none' });
   let found: { filepath: string; config: unknown; isEmpty?: boolean } | null;
+  const path = explicitPath === undefined ? undefined : resolve(cwd, explicitPath);
   try {
-    found = explicitPath ? await explorer.load(explicitPath) : await explorer.search(cwd);
+    found = path ? await explorer.load(path) : await explorer.search(cwd);
   } catch (error) {
-    const path = explicitPath ?? cwd;
-    const reason = error instanceof Error ? error.message.split('\n')[0] : String(error);
-    throw new ToolError('INVALID_CONFIG', `Could not read config file ${path}: ${reason}`, {
+    const reason = await describeReadError(error, path);
+    throw new ToolError('INVALID_CONFIG', `Could not read config file ${path ?? cwd}: ${reason}`, {
       fix: 'Check that the file exists and is valid JSON or YAML, for example {"mode": "anonymize"}.',
       cause: error,
     });
@@ -102,6 +104,38 @@ export async function loadConfig(explicitPath: string | undefined, cwd: string):
     });
   }
   return { path: found.filepath, values: parsed.data };
+}
+
+/**
+ * Describes why a config file could not be read without quoting it: parser
+ * messages repeat the file's text, which may contain a database password, so
+ * only the line and column of a syntax error are kept.
+ */
+async function describeReadError(error: unknown, path: string | undefined): Promise<string> {
+  const code = (error as { code?: unknown }).code;
+  if (code === 'ENOENT') return 'the file does not exist';
+  if (code === 'EACCES') return 'permission denied';
+  if (code === 'EISDIR') return 'it is a folder, not a file';
+
+  const message = error instanceof Error ? error.message : String(error);
+  const lineColumn = /line (\d+), column (\d+)/.exec(message) ?? /\((\d+):(\d+)\)/.exec(message);
+  if (lineColumn) return `syntax error at line ${lineColumn[1]}, column ${lineColumn[2]}`;
+
+  // parse-json, which cosmiconfig uses for JSON, marks the failing line of its code frame with ">".
+  const frameLine = /^>\s*(\d+)\s*\|/m.exec(message);
+  if (frameLine) return `syntax error at line ${frameLine[1]}`;
+
+  const text = path ? await readFile(path, 'utf8').catch(() => '') : '';
+  const lineOf = (offset: number) => text.slice(0, offset).split('\n').length;
+
+  const position = /position (\d+)/.exec(message);
+  if (position) return `syntax error at line ${lineOf(Number(position[1]))}`;
+
+  // V8 sometimes gives no position, only the text around the error: ...'"<text>"'...
+  const excerpt = /\.\.\."(.+?)"\.\.\./.exec(message);
+  const offset = excerpt ? text.indexOf(excerpt[1]) : -1;
+  if (offset >= 0) return `syntax error at line ${lineOf(offset)}`;
+  return 'syntax error';
 }
 
 function describeIssue(issue: z.ZodIssue, config: unknown): string {

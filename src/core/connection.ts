@@ -1,56 +1,67 @@
 import pg from 'pg';
 import { ToolError, isDatabaseError } from './errors.js';
 
-/** Where to connect: a URL, or nothing to let node-postgres read libpq's PG* variables. */
+/** Where to connect: a URL, or libpq's PG* variables from `env`. */
 export interface ConnectionSettings {
+  /** Connection URL; undefined means the PG* variables. An empty string is invalid. */
   databaseUrl?: string;
   /** Seconds to wait for the connection; default 10. */
   connectTimeoutSeconds?: number;
+  /** Environment with the PG* variables; default process.env. */
+  env?: NodeJS.ProcessEnv;
 }
 
-/** Hides the password of a connection URL so that it can appear in messages. */
+/**
+ * Hides the password of a connection URL so that it can appear in messages.
+ * A string that does not parse as a URL gets everything between "://" and
+ * the last "@" before the host masked, since it may still hold a password.
+ */
 export function redactUrl(url: string): string {
   try {
     const parsed = new URL(url);
     if (parsed.password) parsed.password = '****';
     return parsed.toString();
   } catch {
-    return '(unparseable URL)';
+    return url.replace(/(:\/\/[^/]*?:)[^/]*@/, '$1****@');
   }
 }
 
 /** Describes the target in messages: the redacted URL, or the PG* variables in use. */
 export function describeTarget(settings: ConnectionSettings): string {
   if (settings.databaseUrl) return redactUrl(settings.databaseUrl);
-  const host = process.env.PGHOST ?? 'localhost';
-  const port = process.env.PGPORT ?? '5432';
-  const database = process.env.PGDATABASE ?? process.env.PGUSER ?? '(default)';
+  const env = settings.env ?? process.env;
+  const host = env.PGHOST ?? 'localhost';
+  const port = env.PGPORT ?? '5432';
+  const database = env.PGDATABASE ?? env.PGUSER ?? '(default)';
   return `host=${host} port=${port} dbname=${database} (from PG* environment variables)`;
 }
 
+const urlForm = 'Use the form postgresql://USER:PASSWORD@HOST:PORT/DATABASE in --database-url, INSIGHTS_PRIVACY_DATABASE_URL or DATABASE_URL.';
+
 function validateUrl(url: string): void {
+  if (url.trim() === '') {
+    throw new ToolError('INVALID_OPTION', 'Invalid database URL: it is empty.', { fix: `${urlForm} Or leave --database-url out to use the PG* variables.` });
+  }
   let parsed: URL;
   try {
     parsed = new URL(url);
   } catch (error) {
-    throw new ToolError('INVALID_OPTION', `Invalid database URL ${redactUrl(url)}: it is not a URL.`, {
-      fix: 'Use the form postgresql://USER:PASSWORD@HOST:PORT/DATABASE.',
-      cause: error,
-    });
+    throw new ToolError('INVALID_OPTION', `Invalid database URL "${redactUrl(url)}": it is not a valid URL.`, { fix: urlForm, cause: error });
   }
   if (parsed.protocol !== 'postgresql:' && parsed.protocol !== 'postgres:') {
     throw new ToolError('INVALID_OPTION', `Invalid database URL ${redactUrl(url)}: the scheme must be postgresql:// or postgres://, not ${parsed.protocol}//.`, {
-      fix: 'Use the form postgresql://USER:PASSWORD@HOST:PORT/DATABASE.',
+      fix: urlForm,
     });
   }
 }
 
 /** Opens a connection, turning connection failures into errors that name the target and the fix. */
 export async function connect(settings: ConnectionSettings): Promise<pg.Client> {
-  if (settings.databaseUrl) validateUrl(settings.databaseUrl);
+  if (settings.databaseUrl !== undefined) validateUrl(settings.databaseUrl);
 
+  const env = settings.env ?? process.env;
   const client = new pg.Client({
-    connectionString: settings.databaseUrl,
+    ...(settings.databaseUrl !== undefined ? { connectionString: settings.databaseUrl } : fromEnvironment(env)),
     connectionTimeoutMillis: (settings.connectTimeoutSeconds ?? 10) * 1000,
     application_name: 'insights-privacy',
   });
@@ -64,6 +75,17 @@ export async function connect(settings: ConnectionSettings): Promise<pg.Client> 
     throw connectionError(settings, error);
   }
   return client;
+}
+
+/** Reads libpq's PG* variables from the given environment rather than the process's. */
+function fromEnvironment(env: NodeJS.ProcessEnv): pg.ClientConfig {
+  return {
+    host: env.PGHOST,
+    port: env.PGPORT ? Number(env.PGPORT) : undefined,
+    database: env.PGDATABASE,
+    user: env.PGUSER,
+    password: env.PGPASSWORD,
+  };
 }
 
 function connectionError(settings: ConnectionSettings, error: unknown): ToolError {
