@@ -26,6 +26,7 @@ import {
   type CoderDatabase,
   type TestRole,
 } from './support/coder.js';
+import { serverVersion } from './support/database.js';
 
 // Every test gets a fresh database with enforcement applied, so one test's
 // rows can neither hide nor cause another test's failure. Under anonymize
@@ -350,7 +351,8 @@ describe.each(columnSets)('write paths with the %s column set', (columnSet) => {
     }
 
     const tables = usageTables(columnSet);
-    const forms: StatementForm[] = ['single-row INSERT', 'multi-row INSERT', 'COPY FROM STDIN', 'MERGE'];
+    // MERGE exists from PostgreSQL 15 on.
+    const forms: StatementForm[] = ['single-row INSERT', 'multi-row INSERT', 'COPY FROM STDIN', ...(serverVersion() >= 150000 ? (['MERGE'] as const) : [])];
     const formCases = forms.flatMap((form) => tables.map((table) => [form, table] as const));
 
     test.each(formCases)('%s into %s', async (form, table) => {

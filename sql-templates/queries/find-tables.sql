@@ -10,4 +10,4 @@ JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
 WHERE c.relname = ANY ($1::text[])
   AND c.relkind IN ('r', 'p')
   AND n.nspname = ANY (pg_catalog.current_schemas(false))
-ORDER BY c.relname, array_position(pg_catalog.current_schemas(false), n.nspname::text);
+ORDER BY c.relname, array_position(pg_catalog.current_schemas(false)::text[], n.nspname::text);

