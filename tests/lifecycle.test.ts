@@ -847,3 +847,31 @@ describe.each(columnSets)('column set %s', (columnSet) => {
     });
   });
 });
+
+describe('second schema', () => {
+  let coder: CoderDatabase;
+
+  beforeAll(async () => {
+    coder = await createCoderDatabase('lifecycle_schema', '2026');
+    await apply(coder.database.url, 'anonymize');
+  });
+
+  afterAll(async () => {
+    await coder.close();
+  });
+
+  test.each(['anonymize', 'disable', 'off'])('apply --mode %s with another schema is rejected', async (mode) => {
+    const run = await runTool(['apply', '--mode', mode, '--yes', '--schema', 'other_privacy', '--database-url', coder.database.url]);
+
+    expect(run.code).toBe(ExitCode.error);
+    expect(run.stderr).toContain('enforced by insights-privacy in schema insights_privacy, not in schema other_privacy');
+    expect(run.stderr).toContain('--schema insights_privacy');
+    const { rows } = await coder.client.query<{ count: string }>("SELECT count(*) FROM pg_namespace WHERE nspname = 'other_privacy'");
+    expect(Number(rows[0].count)).toBe(0);
+    const triggers = await coder.client.query<{ count: string }>(
+      "SELECT count(*) FROM pg_trigger AS t JOIN pg_proc AS p ON p.oid = t.tgfoid JOIN pg_namespace AS n ON n.oid = p.pronamespace WHERE t.tgname = $1 AND n.nspname = 'insights_privacy'",
+      [triggerName],
+    );
+    expect(Number(triggers.rows[0].count)).toBe(4);
+  });
+});

@@ -3,10 +3,21 @@ import type { ChalkInstance } from 'chalk';
 import type { ApplyResult } from '../commands/apply.js';
 import type { StatusReport, TableStatus } from '../commands/status.js';
 import type { Statement } from '../core/sql.js';
+import { advisoryLockClass, advisoryLockObject } from '../core/transaction.js';
 
-/** Prints statements as a psql-runnable script, each preceded by its template and parameters. */
-export function formatStatements(statements: readonly Statement[]): string {
-  const lines = ['BEGIN;', ''];
+/**
+ * Prints statements as the transaction apply runs, each preceded by its
+ * template and parameters. Statements with parameters show them as comments,
+ * so the script is for reading; apply itself passes them as parameters.
+ */
+export function formatStatements(statements: readonly Statement[], lockTimeoutMs: number): string {
+  const lines = [
+    'BEGIN;',
+    `SELECT set_config('lock_timeout', '${lockTimeoutMs}ms', true);`,
+    '-- apply stops here, and retries later, when another insights-privacy run holds this lock.',
+    `SELECT pg_try_advisory_xact_lock(${advisoryLockClass}, ${advisoryLockObject});`,
+    '',
+  ];
   for (const statement of statements) {
     lines.push(`-- sql-templates/${statement.template}`);
     if (statement.params.length > 0) lines.push(`-- parameters: ${statement.params.map((param, index) => `$${index + 1} = ${JSON.stringify(param)}`).join(', ')}`);

@@ -86,7 +86,7 @@ async function runApply(io: CliIo, flags: CommonFlags & Record<string, unknown>)
     io.stdout.write(`${JSON.stringify({ ...result, statements: result.outcome === 'dry-run' ? result.statements : undefined }, null, 2)}\n`);
   } else {
     io.stdout.write(formatApply(result, paint(io)));
-    if (result.outcome === 'dry-run') io.stdout.write(formatStatements(result.statements));
+    if (result.outcome === 'dry-run') io.stdout.write(formatStatements(result.statements, settings.lockTimeoutMs));
   }
   return ExitCode.ok;
 }

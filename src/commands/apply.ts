@@ -110,6 +110,14 @@ async function prepare(client: pg.ClientBase, settings: ApplySettings) {
   const detection = await profile.detect(client);
   const installation = await inspectInstallation(client, detection, settings.schema);
 
+  for (const [table, trigger] of installation.triggers) {
+    if (trigger && trigger.functionSchema !== settings.schema) {
+      throw new ToolError('INVALID_OPTION', `Table ${table.name} is enforced by insights-privacy in schema ${trigger.functionSchema}, not in schema ${settings.schema}.`, {
+        fix: `Pass --schema ${trigger.functionSchema}, or remove that installation first with "insights-privacy apply --mode off --schema ${trigger.functionSchema}".`,
+      });
+    }
+  }
+
   if (settings.mode === 'anonymize' && !installation.crypto) {
     throw new ToolError('MISSING_EXTENSION', 'The pgcrypto extension is neither installed in this database nor available on the server.', {
       fix: 'Install the PostgreSQL contrib package on the server (pgcrypto ships with it), or ask the provider to allow pgcrypto.',

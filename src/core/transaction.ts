@@ -5,8 +5,8 @@ import { deadlockDetected, execute, lockNotAvailable } from './execute.js';
 import type { Statement } from './sql.js';
 
 /** Two-key advisory lock id that serializes insights-privacy runs on one database ("iprv", 1). */
-const advisoryLockClass = 0x69707276;
-const advisoryLockObject = 1;
+export const advisoryLockClass = 0x69707276;
+export const advisoryLockObject = 1;
 
 /** How a locking transaction waits and retries. */
 export interface LockPolicy {
