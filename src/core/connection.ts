@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { ToolError, isDatabaseError } from './errors.js';
 
-/** Where to connect: a URL, or libpq's PG* variables from `env`. */
+/** Connection target: a URL, or libpq's PG* variables from `env`. */
 export interface ConnectionSettings {
   /** Connection URL; undefined means the PG* variables. An empty string is invalid. */
   databaseUrl?: string;

@@ -16,7 +16,7 @@ export const domainLabel = 'insights-privacy:user_id:v1\n';
 /** Default name of the tool's private schema. */
 export const defaultSchema = 'insights_privacy';
 
-/** What `apply` is asked to enforce. */
+/** Enforcement requested from `apply`. */
 export interface EnforcementTarget {
   readonly mode: Mode;
   readonly scope: Scope;
@@ -24,7 +24,7 @@ export interface EnforcementTarget {
   readonly schema: string;
 }
 
-/** Where the pgcrypto functions are, once the plan has run. */
+/** Location of the pgcrypto functions once the plan has run. */
 export interface CryptoLocation {
   /** Schema of the pgcrypto extension; the tool's schema when the plan creates it. */
   readonly schema: string;
@@ -37,14 +37,14 @@ export function triggerFunctionName(table: UsageTable): string {
   return `enforce_${table.name}`;
 }
 
-/** The tables a mode protects: every usage table, except under anonymize with scope rollup. */
+/** Lists the tables a mode protects: every usage table, except under anonymize with scope rollup. */
 export function protectedTables(detection: Detection, mode: Mode, scope: Scope): UsageTable[] {
   if (mode === 'off') return [];
   if (mode === 'anonymize' && scope === 'rollup') return detection.tables.filter((table) => table.role === 'rollup');
   return [...detection.tables];
 }
 
-/** Whether a mode needs the foreign keys to users replaced by placeholders. */
+/** Tells whether a mode needs the foreign keys to users replaced by placeholders. */
 export function replacesForeignKeys(mode: Mode, scope: Scope): boolean {
   return mode === 'anonymize' && scope === 'source';
 }
@@ -89,7 +89,7 @@ export function triggerFunction(schemaName: string, table: UsageTable, mode: Enf
   return expectedFunction(name, 'trigger-function-anonymize.sql', { function: fn, assignments: SqlFragment.trusted(assignments.join('\n')) });
 }
 
-/** The events the trigger fires on: anonymize also catches an UPDATE that sets a user id. */
+/** Returns the events the trigger fires on: anonymize also catches an UPDATE that sets a user id. */
 export function triggerEvents(table: UsageTable, mode: EnforcedMode): string {
   if (mode === 'disable') return 'INSERT';
   return `INSERT OR UPDATE OF ${joinSql(table.userColumns.map(ident)).text}`;

@@ -8,7 +8,7 @@ import type { Statement } from './sql.js';
 export const advisoryLockClass = 0x69707276;
 export const advisoryLockObject = 1;
 
-/** How a locking transaction waits and retries. */
+/** Lock waiting and retry settings of a locking transaction. */
 export interface LockPolicy {
   /** Maximum wait for one lock, in milliseconds, before the attempt is rolled back. */
   readonly lockTimeoutMs: number;
