@@ -30,4 +30,26 @@ CREATE TABLE IF NOT EXISTS {{schema}}.keys (
 -- Without this, ANALYZE would copy key values into pg_statistic.
 ALTER TABLE {{schema}}.keys ALTER COLUMN key SET STATISTICS 0;
 
+-- The position of each table's backfill of rows stored before enforcement:
+-- the primary key of the last row walked, as text in key order. Each batch
+-- updates its row in the transaction that changes the rows, so an
+-- interrupted backfill continues after the last committed batch. Child
+-- tables have no position of their own: their rows move with their parent
+-- rows, in the walk of the table named in parent_table.
+CREATE TABLE IF NOT EXISTS {{schema}}.backfill_progress (
+  table_schema text NOT NULL,
+  table_name text NOT NULL,
+  action text NOT NULL CHECK (action IN ('pseudonymize', 'purge')),
+  parent_table text,
+  key_columns text[] NOT NULL,
+  position text[],
+  rows_walked bigint NOT NULL DEFAULT 0,
+  rows_changed bigint NOT NULL DEFAULT 0,
+  rows_merged bigint NOT NULL DEFAULT 0,
+  started_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  finished_at timestamptz,
+  PRIMARY KEY (table_schema, table_name)
+);
+
 REVOKE ALL ON ALL TABLES IN SCHEMA {{schema}} FROM PUBLIC;

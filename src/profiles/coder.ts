@@ -3,8 +3,10 @@ import { ToolError } from '../core/errors.js';
 import { queryRows } from '../core/execute.js';
 import { ident, joinSql, qualified, SqlFragment, type Statement } from '../core/sql.js';
 import { renderTemplate, templateStatements } from '../core/templates.js';
+import { readPrimaryKey, type BackfillWalk } from '../core/backfill.js';
+import { agentStatsWalk, appStatsWalk, rollupWalk } from './coder-backfill.js';
 import { readForeignKeyState } from './foreign-keys.js';
-import type { Cutover, CutoverContext, Detection, EnforcedMode, Profile, Scope, TableRef, UsageTable } from './types.js';
+import type { BackfillContext, Cutover, CutoverContext, Detection, EnforcedMode, Profile, Scope, TableRef, UsageTable } from './types.js';
 
 const rollupTable = 'template_usage_stats';
 const agentStatsTable = 'workspace_agent_stats';
@@ -204,6 +206,27 @@ function notes(detection: Detection, mode: EnforcedMode | 'off', scope: Scope): 
   return result;
 }
 
+/**
+ * Builds the backfill walks of the protected tables: the rollup with its
+ * protected child tables as followers, then the raw agent and app stats.
+ */
+async function prepareBackfill(client: pg.ClientBase, detection: Detection, context: BackfillContext): Promise<BackfillWalk[]> {
+  const schema = ident(context.schema);
+  const protectedSet = new Set(context.tables);
+  const walks: BackfillWalk[] = [];
+
+  const rollup = findTable(detection, rollupTable);
+  if (rollup && protectedSet.has(rollup)) {
+    const children = detection.tables.filter((table) => table.role === 'rollup' && table !== rollup && protectedSet.has(table));
+    walks.push(await rollupWalk(client, rollup, await readPrimaryKey(client, rollup), children, schema));
+  }
+  const agentStats = findTable(detection, agentStatsTable) as UsageTable;
+  if (protectedSet.has(agentStats)) walks.push(agentStatsWalk(agentStats, await readPrimaryKey(client, agentStats), schema));
+  const appStats = findTable(detection, appStatsTable) as UsageTable;
+  if (protectedSet.has(appStats)) walks.push(appStatsWalk(appStats, await readPrimaryKey(client, appStats), schema));
+  return walks;
+}
+
 /** The built-in profile for Coder's template insights tables. */
 export const coderProfile: Profile = {
   name: 'coder',
@@ -211,4 +234,5 @@ export const coderProfile: Profile = {
   cutover,
   rollupScopeBlockers,
   notes,
+  prepareBackfill,
 };

@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import type { BackfillWalk } from '../core/backfill.js';
 import type { SqlFragment, Statement } from '../core/sql.js';
 
 /** A table as the tool addresses it. */
@@ -101,4 +102,18 @@ export interface Profile {
   rollupScopeBlockers(client: pg.ClientBase, detection: Detection, schema: SqlFragment): Promise<number>;
   /** Facts a person deciding on a mode and scope must know, for status and docs. */
   notes(detection: Detection, mode: EnforcedMode | 'off', scope: Scope): string[];
+  /**
+   * Builds the walks that pseudonymize or purge the rows stored before
+   * enforcement in `context.tables`, reading keys and columns from the
+   * catalog. Child tables are followers of the walk of their parent.
+   */
+  prepareBackfill(client: pg.ClientBase, detection: Detection, context: BackfillContext): Promise<BackfillWalk[]>;
+}
+
+/** What a profile needs to build the walks of a backfill. */
+export interface BackfillContext {
+  /** The tool's private schema, where pseudonym() and is_pseudonym() live. */
+  readonly schema: string;
+  /** The tables the recorded mode and scope protect; no other table is changed. */
+  readonly tables: readonly UsageTable[];
 }
