@@ -1,7 +1,9 @@
 import Table from 'cli-table3';
 import type { ChalkInstance } from 'chalk';
 import type { ApplyResult } from '../commands/apply.js';
-import type { StatusReport, TableStatus } from '../commands/status.js';
+import type { BackfillCommandResult } from '../commands/backfill.js';
+import type { TableBackfill } from '../core/backfill.js';
+import type { BackfillStatus, StatusReport, TableStatus } from '../commands/status.js';
 import type { Statement } from '../core/sql.js';
 import { advisoryLockClass, advisoryLockObject } from '../core/transaction.js';
 
@@ -32,7 +34,9 @@ export function formatApply(result: ApplyResult, chalk: ChalkInstance): string {
   const lines: string[] = [];
   const target = `${result.database} (${result.application})`;
   if (result.outcome === 'unchanged') {
-    lines.push(chalk.green(`Database ${target}: enforcement already matches mode ${result.mode}${result.scope ? ` (scope ${result.scope})` : ''}; nothing changed.`));
+    const changed = result.backfill && result.backfill.outcome !== 'already finished' ? '' : '; nothing changed';
+    lines.push(chalk.green(`Database ${target}: enforcement already matches mode ${result.mode}${result.scope ? ` (scope ${result.scope})` : ''}${changed}.`));
+    if (result.backfill) lines.push(formatBackfill(result.backfill, chalk).trimEnd());
     return `${lines.join('\n')}\n`;
   }
   if (result.outcome === 'dry-run') lines.push(chalk.yellow(`Dry run on ${target}: nothing was changed. These statements would run in one transaction:`));
@@ -42,8 +46,41 @@ export function formatApply(result: ApplyResult, chalk: ChalkInstance): string {
     for (const key of result.restoredForeignKeys) {
       lines.push(`  Foreign key ${key.name}: ${key.validated ? 'validated' : 'left NOT VALID, because pseudonymized rows remain that match no user'}.`);
     }
+    if (result.backfill) lines.push(formatBackfill(result.backfill, chalk).trimEnd());
   }
   return `${lines.join('\n')}\n`;
+}
+
+function describeTableBackfill(table: TableBackfill, action: string): string {
+  const done = action === 'purge' ? 'deleted' : 'pseudonymized';
+  const merged = action === 'pseudonymize' ? `, ${table.rowsMerged} merged into pseudonymized rows` : '';
+  if (table.outcome === 'pending') return `  ${table.table}: not reached before the run stopped.`;
+  if (table.movesWith) return `  ${table.table}: ${table.outcome} with ${table.movesWith}; ${table.rowsChanged} ${done}${merged}.`;
+  const rate = table.rowsPerSecond === null ? '' : ` (${table.rowsWalkedThisRun} in this run, ${table.seconds.toFixed(1)} s, ${Math.round(table.rowsPerSecond)} rows/s)`;
+  return `  ${table.table}: ${table.outcome}; ${table.rowsWalked} rows walked${rate}, ${table.rowsChanged} ${done}${merged}.`;
+}
+
+/** Formats the outcome of a backfill for people: one line for the run, then one per table. */
+export function formatBackfill(result: BackfillCommandResult, chalk: ChalkInstance): string {
+  const lines: string[] = [];
+  if (result.outcome === 'finished') lines.push(chalk.green(`Backfill (${result.action}) of ${result.database} (${result.application}) finished.`));
+  if (result.outcome === 'already finished') lines.push(chalk.green(`Backfill (${result.action}) of ${result.database} had already finished; nothing changed.`));
+  if (result.outcome === 'interrupted') {
+    lines.push(chalk.yellow(`Backfill (${result.action}) of ${result.database} interrupted after its last committed batch; run "insights-privacy backfill --existing ${result.action}" to continue.`));
+  }
+  for (const table of result.tables) lines.push(describeTableBackfill(table, result.action));
+  return `${lines.join('\n')}\n`;
+}
+
+function describeRecordedBackfill(backfill: BackfillStatus, chalk: ChalkInstance): string {
+  const done = backfill.action === 'purge' ? 'deleted' : 'pseudonymized';
+  const counts = backfill.movesWith
+    ? `moves with ${backfill.movesWith}; ${backfill.rowsChanged} ${done}`
+    : `${backfill.rowsWalked} rows walked, ${backfill.rowsChanged} ${done}`;
+  const merged = backfill.action === 'pseudonymize' ? `, ${backfill.rowsMerged} merged` : '';
+  if (backfill.state === 'finished') return `${backfill.action} ${chalk.green('finished')} ${backfill.finishedAt}; ${counts}${merged}.`;
+  const running = backfill.running ? 'running' : `stopped, last batch ${backfill.updatedAt}; run "insights-privacy backfill --existing ${backfill.action}" to continue`;
+  return `${backfill.action} ${chalk.yellow('in progress')} (${running}); ${counts}${merged}.`;
 }
 
 function yesNo(value: boolean | null, chalk: ChalkInstance, good = true): string {
@@ -84,6 +121,11 @@ export function formatStatus(report: StatusReport, chalk: ChalkInstance): string
   lines.push('', table.toString());
 
   for (const key of report.foreignKeys) lines.push(`Foreign key ${key.table}.${key.name}: ${key.state}`);
+  for (const row of report.tables) {
+    const backfill = row.backfill;
+    if (!backfill) continue;
+    lines.push(`Backfill of ${row.table}: ${describeRecordedBackfill(backfill, chalk)}`);
+  }
 
   const bypass = new Set(report.tables.flatMap((row) => row.canBypass.map((role) => `${role.role} (${role.reason})`)));
   const probe = new Set(report.tables.flatMap((row) => row.canProbe.map((role) => role.role)));

@@ -1,11 +1,13 @@
 import { Command, CommanderError, Option } from 'commander';
 import { applyEnforcement } from '../commands/apply.js';
+import { runBackfill } from '../commands/backfill.js';
 import { readStatus } from '../commands/status.js';
 import { withClient } from '../core/connection.js';
 import { ExitCode, ToolError } from '../core/errors.js';
 import { toolVersion } from '../core/version.js';
-import { formatApply, formatStatements, formatStatus } from './format.js';
+import { formatApply, formatBackfill, formatStatements, formatStatus } from './format.js';
 import { askYesNo, paint, processIo, type CliIo } from './io.js';
+import { progressDisplay, type ProgressDisplay } from './progress.js';
 import { loadConfig, resolveSettings, type FlagValues, type Settings } from './settings.js';
 
 const exitCodeHelp = `
@@ -13,7 +15,8 @@ Exit codes:
   0  success; for status --check, enforcement matches the recorded mode
   1  status --check: enforcement is missing or drifted
   2  error: invalid input, connection failure, missing privilege or SQL error (nothing changed)
-  3  aborted: the confirmation was declined, or was impossible without --yes`;
+  3  aborted: the confirmation was declined, or was impossible without --yes;
+     or Ctrl-C stopped a backfill after its current batch (run it again to continue)`;
 
 interface CommonFlags {
   databaseUrl?: string;
@@ -45,18 +48,45 @@ async function settingsFor(io: CliIo, flags: CommonFlags & FlagValues & Record<s
     lockTimeoutMs: flags.lockTimeout as string | undefined,
     lockRetries: flags.lockRetries as string | undefined,
     connectTimeoutSeconds: flags.connectTimeout,
+    existing: flags.existing as string | undefined,
+    batchSize: flags.batchSize as string | undefined,
   };
   return { ...resolveSettings(values, io.env, config), env: io.env };
 }
 
-async function confirmWith(io: CliIo, summary: string[]): Promise<boolean> {
+async function confirmWith(io: CliIo, summary: string[], command: 'apply' | 'backfill' = 'apply'): Promise<boolean> {
   if (!io.stdin.isTTY) {
-    throw new ToolError('ABORTED', 'apply changes the database and needs a confirmation, but standard input is not a terminal; nothing was changed.', {
-      fix: 'Pass --yes to confirm in scripts and pipelines, or --dry-run to see the SQL.',
+    throw new ToolError('ABORTED', `${command} changes the database and needs a confirmation, but standard input is not a terminal; nothing was changed.`, {
+      fix: command === 'apply' ? 'Pass --yes to confirm in scripts and pipelines, or --dry-run to see the SQL.' : 'Pass --yes to confirm in scripts and pipelines.',
     });
   }
   io.stderr.write(`${summary.map((line) => `  ${line}`).join('\n')}\n`);
-  return askYesNo(io, 'Apply these changes?');
+  return askYesNo(io, command === 'apply' ? 'Apply these changes?' : 'Run this backfill?');
+}
+
+/**
+ * Turns the first Ctrl-C (SIGINT) into an abort signal that stops a backfill
+ * after its current batch. A second Ctrl-C ends the process at once, and the
+ * server rolls back the batch in flight.
+ */
+function stopOnInterrupt(io: CliIo, display: ProgressDisplay): { signal: AbortSignal; dispose(): void } {
+  const controller = new AbortController();
+  const onInterrupt = () => {
+    if (controller.signal.aborted) {
+      process.off('SIGINT', onInterrupt);
+      process.kill(process.pid, 'SIGINT');
+      return;
+    }
+    controller.abort();
+    display.stop();
+    io.stderr.write('insights-privacy: interrupted; stopping after the current batch (Ctrl-C again stops at once)\n');
+  };
+  process.on('SIGINT', onInterrupt);
+  return { signal: controller.signal, dispose: () => process.off('SIGINT', onInterrupt) };
+}
+
+function interruptedMessage(io: CliIo, action: string): void {
+  io.stderr.write(`insights-privacy: stopped after the last committed batch; "insights-privacy backfill --existing ${action}" continues where it stopped.\n`);
 }
 
 async function runApply(io: CliIo, flags: CommonFlags & Record<string, unknown>): Promise<number> {
@@ -66,29 +96,86 @@ async function runApply(io: CliIo, flags: CommonFlags & Record<string, unknown>)
   }
   const mode = settings.mode;
   const json = Boolean(flags.json);
-  const result = await withClient(settings, (client) =>
-    applyEnforcement(client, {
-      mode,
-      scope: settings.scope,
-      schema: settings.schema,
-      profile: settings.profile,
-      dryRun: Boolean(flags.dryRun),
-      lock: {
-        lockTimeoutMs: settings.lockTimeoutMs,
-        retries: settings.lockRetries,
-        onRetry: (attempt, reason) => io.stderr.write(`insights-privacy: attempt ${attempt} failed (${reason}); retrying\n`),
-      },
-      confirm: flags.yes || flags.dryRun ? undefined : (summary) => confirmWith(io, summary),
-    }),
-  );
+  const display = progressDisplay(io);
+  const interrupt = settings.existing && settings.existing !== 'keep' && !flags.dryRun ? stopOnInterrupt(io, display) : null;
+  try {
+    const result = await withClient(settings, (client) =>
+      applyEnforcement(client, {
+        mode,
+        scope: settings.scope,
+        schema: settings.schema,
+        profile: settings.profile,
+        dryRun: Boolean(flags.dryRun),
+        lock: lockPolicy(io, settings),
+        confirm: flags.yes || flags.dryRun ? undefined : (summary) => confirmWith(io, summary),
+        existing: settings.existing,
+        batchSize: settings.batchSize,
+        signal: interrupt?.signal,
+        onBackfillProgress: (progress) => display.update(progress),
+      }),
+    );
+    display.stop();
 
-  if (json) {
-    io.stdout.write(`${JSON.stringify({ ...result, statements: result.outcome === 'dry-run' ? result.statements : undefined }, null, 2)}\n`);
-  } else {
-    io.stdout.write(formatApply(result, paint(io)));
-    if (result.outcome === 'dry-run') io.stdout.write(formatStatements(result.statements, settings.lockTimeoutMs));
+    if (json) {
+      io.stdout.write(`${JSON.stringify({ ...result, statements: result.outcome === 'dry-run' ? result.statements : undefined }, null, 2)}\n`);
+    } else {
+      io.stdout.write(formatApply(result, paint(io)));
+      if (result.outcome === 'dry-run') io.stdout.write(formatStatements(result.statements, settings.lockTimeoutMs));
+    }
+    if (result.backfill?.outcome === 'interrupted') {
+      interruptedMessage(io, result.backfill.action);
+      return ExitCode.aborted;
+    }
+    return ExitCode.ok;
+  } finally {
+    display.stop();
+    interrupt?.dispose();
   }
-  return ExitCode.ok;
+}
+
+function lockPolicy(io: CliIo, settings: Settings) {
+  return {
+    lockTimeoutMs: settings.lockTimeoutMs,
+    retries: settings.lockRetries,
+    onRetry: (attempt: number, reason: string) => io.stderr.write(`insights-privacy: attempt ${attempt} failed (${reason}); retrying\n`),
+  };
+}
+
+async function runBackfillCommand(io: CliIo, flags: CommonFlags & Record<string, unknown>): Promise<number> {
+  const settings = await settingsFor(io, flags);
+  if (!settings.existing) {
+    throw new ToolError('INVALID_OPTION', 'No --existing given: backfill needs to know what to do with the rows stored before enforcement.', {
+      fix: 'Pass --existing pseudonymize or --existing purge (or set INSIGHTS_PRIVACY_EXISTING, or existing in the config file).',
+    });
+  }
+  const existing = settings.existing;
+  const display = progressDisplay(io);
+  const interrupt = stopOnInterrupt(io, display);
+  try {
+    const result = await withClient(settings, (client) =>
+      runBackfill(client, {
+        existing,
+        schema: settings.schema,
+        profile: settings.profile,
+        batchSize: settings.batchSize,
+        lock: lockPolicy(io, settings),
+        confirm: flags.yes ? undefined : (summary) => confirmWith(io, summary, 'backfill'),
+        signal: interrupt.signal,
+        onProgress: (progress) => display.update(progress),
+      }),
+    );
+    display.stop();
+
+    io.stdout.write(flags.json ? `${JSON.stringify(result, null, 2)}\n` : formatBackfill(result, paint(io)));
+    if (result.outcome === 'interrupted') {
+      interruptedMessage(io, result.action);
+      return ExitCode.aborted;
+    }
+    return ExitCode.ok;
+  } finally {
+    display.stop();
+    interrupt.dispose();
+  }
 }
 
 async function runStatus(io: CliIo, flags: CommonFlags & Record<string, unknown>): Promise<number> {
@@ -116,16 +203,40 @@ function buildProgram(io: CliIo, run: (handler: () => Promise<number>) => void):
     .option('--json', 'print the result as JSON')
     .option('--lock-timeout <ms>', 'maximum wait for one table lock, in milliseconds (default: 2000)')
     .option('--lock-retries <count>', 'retries when a lock wait times out (default: 5)')
+    .option('--existing <choice>', 'rows stored before enforcement: keep (default), pseudonymize or purge, after the switch commits (env INSIGHTS_PRIVACY_EXISTING)')
+    .option('--batch-size <rows>', 'rows per backfill batch and transaction, for pseudonymize and purge (default: 5000)')
     .addHelpText(
       'after',
       `
 Examples:
   insights-privacy apply --mode anonymize --dry-run
   insights-privacy apply --mode anonymize --yes --database-url postgresql://coder@db/coder
-  insights-privacy apply --mode disable --yes
+  insights-privacy apply --mode anonymize --existing pseudonymize   # also pseudonymize older rows
+  insights-privacy apply --mode disable --existing purge --yes        # drop new rows, delete older ones
   insights-privacy apply --mode off --yes`,
     )
     .action((flags) => run(() => runApply(io, flags)));
+
+  addCommonOptions(program.command('backfill'))
+    .description('pseudonymize or purge the rows stored before enforcement, in batches; resumes where a run stopped')
+    .addOption(new Option('--existing <choice>', 'pseudonymize (replace real user ids with pseudonyms; needs mode anonymize) or purge (delete those rows)'))
+    .option('--batch-size <rows>', 'rows per batch; each batch is its own transaction (default: 5000)')
+    .option('-y, --yes', 'run without asking for confirmation')
+    .option('--json', 'print the result as JSON; the progress bar goes to stderr and only on a terminal')
+    .option('--lock-timeout <ms>', 'maximum wait for one lock, in milliseconds, before a batch is retried (default: 2000)')
+    .option('--lock-retries <count>', 'retries of a batch whose lock wait timed out (default: 5)')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  insights-privacy backfill --existing pseudonymize
+  insights-privacy backfill --existing purge --yes --batch-size 2000
+  insights-privacy backfill --existing pseudonymize --yes --json > backfill.json
+
+Ctrl-C stops after the current batch; running the same command again continues
+where it stopped. "insights-privacy status" shows each table's backfill.`,
+    )
+    .action((flags) => run(() => runBackfillCommand(io, flags)));
 
   addCommonOptions(program.command('status'))
     .description('show what is enforced, and check it against the recorded mode')

@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { cosmiconfig } from 'cosmiconfig';
 import { z } from 'zod';
+import { defaultBatchSize, existingRowsChoices, type ExistingRows } from '../core/backfill.js';
 import { ToolError } from '../core/errors.js';
 import { defaultSchema } from '../core/enforcement.js';
 import type { Mode } from '../core/enforcement.js';
@@ -21,12 +22,18 @@ export interface Settings {
   lockRetries: number;
   /** Seconds to wait for a connection. Default 10. */
   connectTimeoutSeconds: number;
+  /** Choice for the rows stored before enforcement; undefined when not set, and apply then keeps them. */
+  existing: ExistingRows | undefined;
+  /** Rows per backfill batch. Default 5000. */
+  batchSize: number;
 }
 
 /** Values given as flags; undefined when a flag was not given. */
 export type FlagValues = Partial<Record<keyof Settings, string>>;
 
 const modes = ['anonymize', 'disable', 'off'] as const;
+/** Largest backfill batch, so that a mistyped size cannot turn the backfill into one long transaction. */
+const maxBatchSize = 100000;
 const scopes = ['source', 'rollup'] as const;
 
 /** Keys of the config file, each with the environment variable that overrides it. */
@@ -39,6 +46,8 @@ const environmentNames: Record<keyof Settings, string> = {
   lockTimeoutMs: 'INSIGHTS_PRIVACY_LOCK_TIMEOUT_MS',
   lockRetries: 'INSIGHTS_PRIVACY_LOCK_RETRIES',
   connectTimeoutSeconds: 'INSIGHTS_PRIVACY_CONNECT_TIMEOUT_SECONDS',
+  existing: 'INSIGHTS_PRIVACY_EXISTING',
+  batchSize: 'INSIGHTS_PRIVACY_BATCH_SIZE',
 };
 
 const flagNames: Record<keyof Settings, string> = {
@@ -50,6 +59,8 @@ const flagNames: Record<keyof Settings, string> = {
   lockTimeoutMs: '--lock-timeout',
   lockRetries: '--lock-retries',
   connectTimeoutSeconds: '--connect-timeout',
+  existing: '--existing',
+  batchSize: '--batch-size',
 };
 
 const configFileSchema = z
@@ -62,6 +73,8 @@ const configFileSchema = z
     lockTimeoutMs: z.number().int().min(1).max(600000),
     lockRetries: z.number().int().min(0).max(100),
     connectTimeoutSeconds: z.number().int().min(1).max(600),
+    existing: z.enum(['keep', 'pseudonymize', 'purge']),
+    batchSize: z.number().int().min(1).max(maxBatchSize),
   })
   .partial()
   .strict();
@@ -202,6 +215,8 @@ export function resolveSettings(flags: FlagValues, env: NodeJS.ProcessEnv, confi
     lockTimeoutMs: integer('lockTimeoutMs', 2000, 1, 600000),
     lockRetries: integer('lockRetries', 5, 0, 100),
     connectTimeoutSeconds: integer('connectTimeoutSeconds', 10, 1, 600),
+    existing: choice('existing', existingRowsChoices),
+    batchSize: integer('batchSize', defaultBatchSize, 1, maxBatchSize),
   };
 
   if (problems.length > 0) {

@@ -1,4 +1,6 @@
 import type pg from 'pg';
+import { defaultBatchSize, type BackfillProgress, type ExistingRows } from '../core/backfill.js';
+import { progressTableExists } from '../core/backfill-progress.js';
 import { ToolError } from '../core/errors.js';
 import { planApply, protectedTables, replacesForeignKeys, type Mode } from '../core/enforcement.js';
 import { execute, queryRows } from '../core/execute.js';
@@ -10,7 +12,8 @@ import { runLocked, type LockPolicy } from '../core/transaction.js';
 import { toolVersion } from '../core/version.js';
 import { validateForeignKey } from '../profiles/foreign-keys.js';
 import { getProfile } from '../profiles/index.js';
-import type { Detection, Profile, Scope, UserForeignKey } from '../profiles/types.js';
+import type { Detection, Profile, Scope, UsageTable, UserForeignKey } from '../profiles/types.js';
+import { checkExistingChoice, countRealIds, describeExistingRows, runBackfill, type BackfillCommandResult } from './backfill.js';
 
 /** Settings of `apply`, validated by the caller. */
 export interface ApplySettings {
@@ -28,6 +31,17 @@ export interface ApplySettings {
    * returning false aborts. Absent means confirmed (`--yes`).
    */
   readonly confirm?: (summary: string[]) => Promise<boolean>;
+  /**
+   * Choice for the rows stored before enforcement; default keep.
+   * Pseudonymize and purge run a backfill after the enforcement transaction
+   * has committed, never inside it.
+   */
+  readonly existing?: ExistingRows;
+  /** Rows per backfill batch. Default 5000. */
+  readonly batchSize?: number;
+  /** Stops the backfill after its current batch. */
+  readonly signal?: AbortSignal;
+  readonly onBackfillProgress?: (progress: BackfillProgress) => void;
 }
 
 /** What `apply` did. */
@@ -43,9 +57,12 @@ export interface ApplyResult {
   readonly statements: Statement[];
   /** Foreign keys restored by this run, and whether each could be validated. */
   readonly restoredForeignKeys: { name: string; validated: boolean }[];
+  readonly existing: ExistingRows;
+  /** The backfill that ran after the enforcement transaction; null with existing keep and in dry runs. */
+  readonly backfill: BackfillCommandResult | null;
 }
 
-function isUnchanged(settings: ApplySettings, detection: Detection, installation: Installation): boolean {
+function isUnchanged(settings: ApplySettings, detection: Detection, installation: Installation, progressTable: boolean): boolean {
   if (settings.mode === 'off') {
     const leftovers = [...installation.triggers.values()].some(Boolean) || detection.userForeignKeys.some((state) => state.placeholder && !state.foreignKey);
     return !installation.schemaPresent && !leftovers;
@@ -53,10 +70,11 @@ function isUnchanged(settings: ApplySettings, detection: Detection, installation
   const state = installation.state;
   if (!state || state.mode !== settings.mode || state.profile !== detection.profile || state.toolVersion !== toolVersion) return false;
   if (settings.mode === 'anonymize' && state.scope !== settings.scope) return false;
+  if (!progressTable) return false;
   return findDrift(detection, installation, settings.schema).every((finding) => finding.severity !== 'error');
 }
 
-function describeChange(settings: ApplySettings, detection: Detection, installation: Installation): string[] {
+function describeChange(settings: ApplySettings, detection: Detection, installation: Installation, realIds: ReadonlyMap<UsageTable, number>): string[] {
   const lines: string[] = [];
   const scope = settings.mode === 'anonymize' ? ` (scope ${settings.scope})` : '';
   const current = installation.state ? `${installation.state.mode}${installation.state.mode === 'anonymize' ? ` (scope ${installation.state.scope})` : ''}` : 'off';
@@ -80,11 +98,11 @@ function describeChange(settings: ApplySettings, detection: Detection, installat
   if (settings.mode === 'anonymize') {
     lines.push(
       settings.scope === 'source'
-        ? 'Rows that Coder still recomputes or upserts (the rollup window, app sessions of the last hour) are converted to pseudonyms now; older rows are kept as they are.'
-        : 'Rollup rows that Coder still recomputes (the rollup window) are converted to pseudonyms now; older rows and the raw tables are kept as they are.',
+        ? 'Rows that Coder still recomputes or upserts (the rollup window, app sessions of the last hour) are converted to pseudonyms in the same transaction.'
+        : 'Rollup rows that Coder still recomputes (the rollup window) are converted to pseudonyms in the same transaction; the raw tables keep their rows as they are.',
     );
-    lines.push('Distinct-user counts over a period that spans this change count each person twice (real id and pseudonym), and per-user insights from before stay visible.');
   }
+  lines.push(...describeExistingRows(settings.existing ?? 'keep', settings.mode, settings.scope, realIds, settings.batchSize ?? defaultBatchSize));
   return lines;
 }
 
@@ -129,7 +147,8 @@ async function prepare(client: pg.ClientBase, settings: ApplySettings) {
 async function plan(client: pg.ClientBase, settings: ApplySettings) {
   const { profile, detection, installation } = await prepare(client, settings);
   const statements = planApply(detection, settings, { profile, crypto: installation.crypto, recordedOptions: {} });
-  return { profile, detection, installation, statements };
+  const progressTable = await progressTableExists(client, settings.schema);
+  return { profile, detection, installation, statements, progressTable };
 }
 
 async function validateRestoredKeys(client: pg.ClientBase, restored: UserForeignKey[], detection: Detection): Promise<{ name: string; validated: boolean }[]> {
@@ -153,6 +172,8 @@ async function validateRestoredKeys(client: pg.ClientBase, restored: UserForeign
  */
 export async function applyEnforcement(client: pg.ClientBase, settings: ApplySettings): Promise<ApplyResult> {
   validateSchemaName(settings.schema);
+  const existing = settings.existing ?? 'keep';
+  checkExistingChoice(settings.mode, existing);
   const database = await currentDatabase(client);
 
   const first = await plan(client, settings);
@@ -163,16 +184,24 @@ export async function applyEnforcement(client: pg.ClientBase, settings: ApplySet
     database,
     application: first.detection.description,
     restoredForeignKeys: [],
+    existing,
+    backfill: null,
   };
 
-  if (isUnchanged(settings, first.detection, first.installation)) {
-    return { ...base, outcome: 'unchanged', summary: ['Enforcement already matches the request; nothing changed.'], statements: [] };
+  if (isUnchanged(settings, first.detection, first.installation, first.progressTable)) {
+    const unchanged = { ...base, outcome: 'unchanged' as const, summary: ['Enforcement already matches the request; nothing changed.'], statements: [] };
+    if (existing === 'keep' || settings.dryRun) return unchanged;
+    return { ...unchanged, backfill: await backfillExistingRows(client, settings, existing, settings.confirm) };
   }
   await checkPrivileges(client, first.detection, settings.schema);
   await checkRollupScope(client, first.profile, first.detection, settings, first.installation);
 
-  const summary = describeChange(settings, first.detection, first.installation);
-  if (settings.dryRun) return { ...base, outcome: 'dry-run', summary, statements: first.statements };
+  const realIds = settings.mode === 'off' ? new Map<UsageTable, number>() : await countRealIds(client, protectedTables(first.detection, settings.mode, settings.scope));
+  const summary = describeChange(settings, first.detection, first.installation, realIds);
+  if (settings.dryRun) {
+    if (existing !== 'keep') summary.push(`A dry run does not run the ${existing} backfill; apply runs it after the transaction commits.`);
+    return { ...base, outcome: 'dry-run', summary, statements: first.statements };
+  }
 
   if (settings.confirm && !(await settings.confirm(summary))) {
     throw new ToolError('ABORTED', 'Aborted: nothing was changed.', { fix: 'Run again and confirm, or pass --yes.' });
@@ -187,5 +216,38 @@ export async function applyEnforcement(client: pg.ClientBase, settings: ApplySet
   });
 
   const restoredForeignKeys = await validateRestoredKeys(client, applied.restored, applied.detection);
-  return { ...base, outcome: 'applied', summary, statements: applied.statements, restoredForeignKeys };
+  const backfill = existing === 'keep' ? null : await backfillExistingRows(client, settings, existing, undefined);
+  return { ...base, outcome: 'applied', summary, statements: applied.statements, restoredForeignKeys, backfill };
+}
+
+/**
+ * Runs the backfill that `existing` requests, after the enforcement
+ * transaction has committed. A failure keeps the enforcement and says how
+ * to continue the backfill.
+ */
+async function backfillExistingRows(
+  client: pg.ClientBase,
+  settings: ApplySettings,
+  existing: Exclude<ExistingRows, 'keep'>,
+  confirm: ApplySettings['confirm'],
+): Promise<BackfillCommandResult> {
+  try {
+    return await runBackfill(client, {
+      existing,
+      schema: settings.schema,
+      profile: settings.profile,
+      batchSize: settings.batchSize ?? defaultBatchSize,
+      lock: settings.lock,
+      confirm,
+      signal: settings.signal,
+      onProgress: settings.onBackfillProgress,
+    });
+  } catch (error) {
+    if (!(error instanceof ToolError) || error.code === 'ABORTED') throw error;
+    throw new ToolError(error.code, `Mode ${settings.mode} is applied, but the ${existing} backfill of existing rows stopped: ${error.message}`, {
+      fix: `${error.fix ?? ''} "insights-privacy backfill --existing ${existing}" continues it.`.trim(),
+      cause: error.cause ?? error,
+      exitCode: error.exitCode,
+    });
+  }
 }

@@ -1,4 +1,6 @@
 import type pg from 'pg';
+import type { BackfillAction } from '../core/backfill.js';
+import { readBackfillProgress, type RecordedBackfill } from '../core/backfill-progress.js';
 import { triggerFunction, triggerFunctionName, protectedTables } from '../core/enforcement.js';
 import { findDrift, type Finding } from '../core/findings.js';
 import { countRows, currentDatabase, inspectInstallation, roleExposure, type RoleExposure, type RowCounts } from '../core/inspect.js';
@@ -30,6 +32,27 @@ export interface TableStatus {
   readonly canBypass: RoleExposure[];
   /** Roles that can insert and read the table, and so compute the pseudonym of an id they choose. */
   readonly canProbe: RoleExposure[];
+  /** The recorded backfill of the rows stored before enforcement; null when none was started. */
+  readonly backfill: BackfillStatus | null;
+}
+
+/** A table's backfill as recorded in the tool's schema. */
+export interface BackfillStatus {
+  readonly action: BackfillAction;
+  /** `in progress` until the walk reaches the end of the table; an interrupted walk stays in progress. */
+  readonly state: 'in progress' | 'finished';
+  /** Whether a backfill run holds its lock in this database now; false for an interrupted walk. */
+  readonly running: boolean;
+  /** For a child table, the table whose walk moves its rows. */
+  readonly movesWith: string | null;
+  readonly rowsWalked: number;
+  /** Rows pseudonymized or deleted, depending on `action`. */
+  readonly rowsChanged: number;
+  /** Rows merged into a pseudonymized row with the same key (pseudonymize only). */
+  readonly rowsMerged: number;
+  readonly startedAt: string;
+  readonly updatedAt: string;
+  readonly finishedAt: string | null;
 }
 
 /** State of a foreign key that anonymize replaces. */
@@ -61,6 +84,22 @@ export interface StatusReport {
   readonly ok: boolean;
 }
 
+function backfillStatus(recorded: RecordedBackfill | undefined): BackfillStatus | null {
+  if (!recorded) return null;
+  return {
+    action: recorded.action,
+    state: recorded.finishedAt ? 'finished' : 'in progress',
+    running: recorded.running,
+    movesWith: recorded.parentTable,
+    rowsWalked: recorded.rowsWalked,
+    rowsChanged: recorded.rowsChanged,
+    rowsMerged: recorded.rowsMerged,
+    startedAt: recorded.startedAt.toISOString(),
+    updatedAt: recorded.updatedAt.toISOString(),
+    finishedAt: recorded.finishedAt ? recorded.finishedAt.toISOString() : null,
+  };
+}
+
 function foreignKeyStatus(state: ForeignKeyState): ForeignKeyStatus {
   let status: ForeignKeyStatus['state'] = 'absent';
   if (state.foreignKey) status = state.foreignKey.validated ? 'enforced' : 'enforced, NOT VALID';
@@ -83,6 +122,7 @@ export async function readStatus(client: pg.ClientBase, settings: StatusSettings
   const scope: Scope = state?.scope ?? 'source';
   const protectedSet = new Set(protectedTables(detection, mode, scope));
 
+  const backfills = installation.schemaPresent ? await readBackfillProgress(client, settings.schema) : [];
   const tables: TableStatus[] = [];
   for (const table of detection.tables) {
     const trigger = installation.triggers.get(table) ?? null;
@@ -98,6 +138,7 @@ export async function readStatus(client: pg.ClientBase, settings: StatusSettings
       rows: settings.counts ? await countRows(client, detection, table) : null,
       canBypass: exposure.filter((role) => role.canBypass),
       canProbe: exposure.filter((role) => !role.canBypass),
+      backfill: backfillStatus(backfills.find((recorded) => recorded.tableSchema === table.schema && recorded.table === table.name)),
     });
   }
 

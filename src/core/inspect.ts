@@ -81,7 +81,8 @@ export async function locateCrypto(client: pg.ClientBase, schema: string): Promi
   return { crypto: row.available ? { schema, create: true } : null, available: row.available };
 }
 
-async function readState(client: pg.ClientBase, schema: string): Promise<RecordedState | null> {
+/** Reads the recorded enforcement; null when the schema or its state table is missing or empty. */
+export async function readState(client: pg.ClientBase, schema: string): Promise<RecordedState | null> {
   if (!(await relationExists(client, schema, 'state'))) return null;
   const [row] = await queryRows<{
     mode: EnforcedMode;
