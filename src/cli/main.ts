@@ -85,7 +85,9 @@ function stopOnInterrupt(io: CliIo, display: ProgressDisplay): { signal: AbortSi
   return { signal: controller.signal, dispose: () => process.off('SIGINT', onInterrupt) };
 }
 
-function interruptedMessage(io: CliIo, action: string): void {
+/** Tells a --json run's reader on stderr how to continue; the human output says so on stdout already. */
+function interruptedMessage(io: CliIo, action: string, json: boolean): void {
+  if (!json) return;
   io.stderr.write(`insights-privacy: stopped after the last committed batch; "insights-privacy backfill --existing ${action}" continues where it stopped.\n`);
 }
 
@@ -123,7 +125,7 @@ async function runApply(io: CliIo, flags: CommonFlags & Record<string, unknown>)
       if (result.outcome === 'dry-run') io.stdout.write(formatStatements(result.statements, settings.lockTimeoutMs));
     }
     if (result.backfill?.outcome === 'interrupted') {
-      interruptedMessage(io, result.backfill.action);
+      interruptedMessage(io, result.backfill.action, json);
       return ExitCode.aborted;
     }
     return ExitCode.ok;
@@ -168,7 +170,7 @@ async function runBackfillCommand(io: CliIo, flags: CommonFlags & Record<string,
 
     io.stdout.write(flags.json ? `${JSON.stringify(result, null, 2)}\n` : formatBackfill(result, paint(io)));
     if (result.outcome === 'interrupted') {
-      interruptedMessage(io, result.action);
+      interruptedMessage(io, result.action, Boolean(flags.json));
       return ExitCode.aborted;
     }
     return ExitCode.ok;

@@ -41,6 +41,8 @@ function terminalDisplay(stream: NodeJS.WriteStream): ProgressDisplay {
       if (progress.table !== table) {
         stop();
         table = progress.table;
+        // A table with nothing to walk gets no bar; the result lists it.
+        if (progress.finished) return;
         bar = new cliProgress.SingleBar(
           {
             stream,

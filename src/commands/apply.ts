@@ -102,7 +102,7 @@ function describeChange(settings: ApplySettings, detection: Detection, installat
         : 'Rollup rows that Coder still recomputes (the rollup window) are converted to pseudonyms in the same transaction; the raw tables keep their rows as they are.',
     );
   }
-  lines.push(...describeExistingRows(settings.existing ?? 'keep', settings.mode, settings.scope, realIds, settings.batchSize ?? defaultBatchSize));
+  lines.push(...describeExistingRows(settings.existing ?? 'keep', settings.mode, settings.scope, realIds, settings.batchSize ?? defaultBatchSize, 'apply'));
   return lines;
 }
 
@@ -196,7 +196,7 @@ export async function applyEnforcement(client: pg.ClientBase, settings: ApplySet
   await checkPrivileges(client, first.detection, settings.schema);
   await checkRollupScope(client, first.profile, first.detection, settings, first.installation);
 
-  const realIds = settings.mode === 'off' ? new Map<UsageTable, number>() : await countRealIds(client, protectedTables(first.detection, settings.mode, settings.scope));
+  const realIds = settings.mode === 'off' ? new Map<UsageTable, number>() : await countRealIds(client, protectedTables(first.detection, settings.mode, settings.scope), settings.lock);
   const summary = describeChange(settings, first.detection, first.installation, realIds);
   if (settings.dryRun) {
     if (existing !== 'keep') summary.push(`A dry run does not run the ${existing} backfill; apply runs it after the transaction commits.`);

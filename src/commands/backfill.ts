@@ -16,7 +16,7 @@ import { findDrift } from '../core/findings.js';
 import { currentDatabase, inspectInstallation, readState, type RecordedState } from '../core/inspect.js';
 import { validateSchemaName } from '../core/preflight.js';
 import { ident, qualified } from '../core/sql.js';
-import type { LockPolicy } from '../core/transaction.js';
+import { inLockedTransaction, type LockPolicy } from '../core/transaction.js';
 import { getProfile } from '../profiles/index.js';
 import type { Detection, Scope, UsageTable } from '../profiles/types.js';
 
@@ -82,14 +82,21 @@ function requireAction(existing: ExistingRows): BackfillAction {
   return existing;
 }
 
-/** Counts, per table, the rows whose user id is not a pseudonym; a full scan of each table. */
-export async function countRealIds(client: pg.ClientBase, tables: readonly UsageTable[]): Promise<Map<UsageTable, number>> {
+/**
+ * Counts, per table, the rows whose user id is not a pseudonym: a full scan
+ * of each table, each in a transaction with the lock policy's timeout and
+ * retries, so that a table locked by another session cannot make it wait
+ * without end.
+ */
+export async function countRealIds(client: pg.ClientBase, tables: readonly UsageTable[], lock: LockPolicy): Promise<Map<UsageTable, number>> {
   const counts = new Map<UsageTable, number>();
   for (const table of tables) {
-    const [row] = await queryRows<{ rows: string }>(client, 'queries/count-real-ids.sql', [], {
-      table: qualified(table.schema, table.name),
-      column: ident(table.userColumns[0]),
-    });
+    const [row] = await inLockedTransaction(client, lock, () =>
+      queryRows<{ rows: string }>(client, 'queries/count-real-ids.sql', [], {
+        table: qualified(table.schema, table.name),
+        column: ident(table.userColumns[0]),
+      }),
+    );
     counts.set(table, Number(row.rows));
   }
   return counts;
@@ -100,8 +107,16 @@ export async function countRealIds(client: pg.ClientBase, tables: readonly Usage
  * rows with real user ids in each table the mode protects, for the
  * confirmation of apply and backfill.
  */
-export function describeExistingRows(existing: ExistingRows, mode: Mode, scope: Scope, counts: ReadonlyMap<UsageTable, number>, batchSize: number): string[] {
+export function describeExistingRows(
+  existing: ExistingRows,
+  mode: Mode,
+  scope: Scope,
+  counts: ReadonlyMap<UsageTable, number>,
+  batchSize: number,
+  command: 'apply' | 'backfill',
+): string[] {
   if (mode === 'off') return [];
+  const when = command === 'apply' ? 'After the switch commits, ' : '';
   const lines = [`Existing rows (stored before enforcement): ${existing}.`];
   for (const [table, rows] of counts) lines.push(`  ${table.name}: ${rows} row(s) with real user ids.`);
 
@@ -115,12 +130,12 @@ export function describeExistingRows(existing: ExistingRows, mode: Mode, scope: 
   }
   if (existing === 'pseudonymize') {
     lines.push(
-      `After the switch commits, their user ids are replaced by the pseudonyms new rows get, in batches of ${batchSize} rows that each commit on their own. Per-user insights from before the switch disappear; distinct-user counts and minutes stay exact. A row whose pseudonymized twin exists is merged into it.`,
+      `${when}${when ? 'their' : 'Their'} user ids are replaced by the pseudonyms new rows get, in batches of ${batchSize} rows that each commit on their own. Per-user insights from before the switch disappear; distinct-user counts and minutes stay exact. A row whose pseudonymized twin exists is merged into it.`,
     );
   }
   if (existing === 'purge') {
     lines.push(
-      `After the switch commits, they are deleted for good, in batches of ${batchSize} rows that each commit on their own: usage minutes, active users and app usage from before the switch are lost. Rows that hold pseudonyms are kept.`,
+      `${when}${when ? 'they' : 'They'} are deleted for good, in batches of ${batchSize} rows that each commit on their own: usage minutes, active users and app usage from before the switch are lost. Rows that hold pseudonyms are kept.`,
     );
   }
   if (existing !== 'keep' && mode === 'anonymize' && scope === 'rollup') {
@@ -129,19 +144,19 @@ export function describeExistingRows(existing: ExistingRows, mode: Mode, scope: 
   return lines;
 }
 
-async function describePlan(client: pg.ClientBase, plan: BackfillPlan, state: RecordedState, batchSize: number): Promise<string[]> {
+async function describePlan(client: pg.ClientBase, plan: BackfillPlan, state: RecordedState, settings: BackfillSettings): Promise<string[]> {
   const counts = new Map<UsageTable, number>();
   const notes: string[] = [];
   for (const planned of plan.walks) {
     counts.set(planned.walk.table, planned.realIdsLeft);
-    for (const [follower, rows] of await countRealIds(client, planned.walk.followers)) counts.set(follower, rows);
+    for (const [follower, rows] of await countRealIds(client, planned.walk.followers, settings.lock)) counts.set(follower, rows);
     if (planned.finishedEarlier && planned.recorded?.finishedAt) {
       notes.push(`${planned.walk.table.name}: ${plan.action} finished on ${planned.recorded.finishedAt.toISOString()}; nothing is left to do.`);
     } else if (planned.resumeFrom && planned.recorded) {
       notes.push(`${planned.walk.table.name}: continues the interrupted ${plan.action} after ${planned.recorded.rowsWalked} row(s) walked.`);
     }
   }
-  return [...describeExistingRows(plan.action, state.mode, state.scope ?? 'source', counts, batchSize), ...notes];
+  return [...describeExistingRows(plan.action, state.mode, state.scope ?? 'source', counts, settings.batchSize, 'backfill'), ...notes];
 }
 
 /**
@@ -208,8 +223,8 @@ export async function runBackfill(client: pg.ClientBase, settings: BackfillSetti
   try {
     const tables = protectedTables(detection, state.mode, state.scope ?? 'source');
     const walks = await profile.prepareBackfill(client, detection, { schema: settings.schema, tables });
-    const plan = await planBackfill(client, settings.schema, action, walks);
-    const summary = await describePlan(client, plan, state, settings.batchSize);
+    const plan = await planBackfill(client, settings.schema, action, walks, settings.lock);
+    const summary = await describePlan(client, plan, state, settings);
     const base = { database, application: detection.description, schema: settings.schema, batchSize: settings.batchSize, summary };
 
     const work = plan.walks.some((planned) => !planned.finishedEarlier);

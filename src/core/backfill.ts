@@ -182,9 +182,10 @@ function sameKey(recorded: RecordedBackfill, key: readonly KeyColumn[]): boolean
  * Reads the recorded position of each walk and counts the rows left,
  * without changing anything. A recorded walk continues when it has the same action and
  * primary key and is not finished; any other walk starts from the first row.
- * Counting scans each table once.
+ * Counting scans each table once, in a transaction with the lock policy's
+ * timeout and retries.
  */
-export async function planBackfill(client: pg.ClientBase, schema: string, action: BackfillAction, walks: readonly BackfillWalk[]): Promise<BackfillPlan> {
+export async function planBackfill(client: pg.ClientBase, schema: string, action: BackfillAction, walks: readonly BackfillWalk[], lock: LockPolicy): Promise<BackfillPlan> {
   const recordedRows = await readBackfillProgress(client, schema);
   const planned: PlannedWalk[] = [];
 
@@ -194,11 +195,13 @@ export async function planBackfill(client: pg.ClientBase, schema: string, action
     const resumeFrom = comparable && !recorded.finishedAt ? recorded.position : null;
     const continues = comparable && !recorded.finishedAt;
 
-    const [counts] = await queryRows<{ rows: string; real_ids: string }>(client, 'backfill/count-rows.sql', resumeFrom ? [resumeFrom] : [], {
-      table: qualified(walk.table.schema, walk.table.name),
-      userColumn: ident(walk.table.userColumns[0]),
-      after: afterPosition(walk.key, resumeFrom, 1),
-    });
+    const [counts] = await inLockedTransaction(client, lock, () =>
+      queryRows<{ rows: string; real_ids: string }>(client, 'backfill/count-rows.sql', resumeFrom ? [resumeFrom] : [], {
+        table: qualified(walk.table.schema, walk.table.name),
+        userColumn: ident(walk.table.userColumns[0]),
+        after: afterPosition(walk.key, resumeFrom, 1),
+      }),
+    );
     const realIdsLeft = Number(counts.real_ids);
     const finishedEarlier = comparable && recorded.finishedAt !== null && realIdsLeft === 0;
 
