@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { ToolError } from '../core/errors.js';
-import { planApply, protectedTables, replacesForeignKeys, type Mode } from '../core/enforcement.js';
+import { describeHmac, planApply, protectedTables, replacesForeignKeys, type HmacImplementation, type HmacSetting, type Mode } from '../core/enforcement.js';
 import { execute, queryRows } from '../core/execute.js';
 import { findDrift } from '../core/findings.js';
 import { currentDatabase, inspectInstallation, type Installation } from '../core/inspect.js';
@@ -20,6 +20,12 @@ export interface ApplySettings {
   /** The tool's private schema. Default `insights_privacy`. */
   readonly schema: string;
   readonly profile: string;
+  /**
+   * HMAC implementation of anonymize: `pgcrypto`, `core` (sha256(), no
+   * extension), or `auto` for pgcrypto when the server offers it and core
+   * otherwise. Ignored by other modes. Default `auto`.
+   */
+  readonly hmac?: HmacSetting;
   /** Build and return the statements without running them. */
   readonly dryRun: boolean;
   readonly lock: LockPolicy;
@@ -35,6 +41,8 @@ export interface ApplyResult {
   readonly outcome: 'applied' | 'unchanged' | 'dry-run';
   readonly mode: Mode;
   readonly scope: Scope | null;
+  /** The HMAC implementation that anonymize uses; null for other modes. */
+  readonly hmac: HmacImplementation | null;
   readonly schema: string;
   readonly database: string;
   /** The detected application, for example "Coder (2026 column set)". */
@@ -45,18 +53,18 @@ export interface ApplyResult {
   readonly restoredForeignKeys: { name: string; validated: boolean }[];
 }
 
-function isUnchanged(settings: ApplySettings, detection: Detection, installation: Installation): boolean {
+function isUnchanged(settings: ApplySettings, detection: Detection, installation: Installation, hmac: HmacImplementation | null): boolean {
   if (settings.mode === 'off') {
     const leftovers = [...installation.triggers.values()].some(Boolean) || detection.userForeignKeys.some((state) => state.placeholder && !state.foreignKey);
     return !installation.schemaPresent && !leftovers;
   }
   const state = installation.state;
   if (!state || state.mode !== settings.mode || state.profile !== detection.profile || state.toolVersion !== toolVersion) return false;
-  if (settings.mode === 'anonymize' && state.scope !== settings.scope) return false;
+  if (settings.mode === 'anonymize' && (state.scope !== settings.scope || installation.hmac !== hmac)) return false;
   return findDrift(detection, installation, settings.schema).every((finding) => finding.severity !== 'error');
 }
 
-function describeChange(settings: ApplySettings, detection: Detection, installation: Installation): string[] {
+function describeChange(settings: ApplySettings, detection: Detection, installation: Installation, hmac: HmacImplementation | null): string[] {
   const lines: string[] = [];
   const scope = settings.mode === 'anonymize' ? ` (scope ${settings.scope})` : '';
   const current = installation.state ? `${installation.state.mode}${installation.state.mode === 'anonymize' ? ` (scope ${installation.state.scope})` : ''}` : 'off';
@@ -64,6 +72,7 @@ function describeChange(settings: ApplySettings, detection: Detection, installat
 
   const tables = protectedTables(detection, settings.mode, settings.scope).map((table) => table.name);
   if (settings.mode === 'anonymize') lines.push(`New rows get pseudonymous user ids in: ${tables.join(', ')}.`);
+  if (hmac) lines.push(describeHmacChange(installation, hmac));
   if (settings.mode === 'disable') lines.push(`New rows are dropped before they are stored in: ${tables.join(', ')}.`);
   if (settings.mode === 'off') lines.push('All triggers, functions, keys and the private schema are removed; stored rows stay as they are.');
   if (settings.mode === 'off' && installation.keys.length > 0) lines.push('The pseudonym key is deleted: stored pseudonyms can no longer be linked to new ones.');
@@ -86,6 +95,16 @@ function describeChange(settings: ApplySettings, detection: Detection, installat
     lines.push('Distinct-user counts over a period that spans this change count each person twice (real id and pseudonym), and per-user insights from before stay visible.');
   }
   return lines;
+}
+
+function describeHmacChange(installation: Installation, hmac: HmacImplementation): string {
+  const next = describeHmac(hmac, installation.crypto);
+  const current = installation.hmac;
+  if (current && current !== hmac && installation.keys.length > 0) {
+    const installed = installation.crypto?.create ? null : installation.crypto;
+    return `HMAC implementation: ${describeHmac(current, installed)} -> ${next}; the key stays, so every pseudonym stays the same.`;
+  }
+  return `Pseudonyms are computed with HMAC-SHA256 from ${next}.`;
 }
 
 async function checkRollupScope(client: pg.ClientBase, profile: Profile, detection: Detection, settings: ApplySettings, installation: Installation): Promise<void> {
@@ -118,18 +137,24 @@ async function prepare(client: pg.ClientBase, settings: ApplySettings) {
     }
   }
 
-  if (settings.mode === 'anonymize' && !installation.crypto) {
-    throw new ToolError('MISSING_EXTENSION', 'The pgcrypto extension is neither installed in this database nor available on the server.', {
-      fix: 'Install the PostgreSQL contrib package on the server (pgcrypto ships with it), or ask the provider to allow pgcrypto.',
-    });
-  }
-  return { profile, detection, installation };
+  const hmac = settings.mode === 'anonymize' ? chooseHmac(settings.hmac ?? 'auto', installation) : null;
+  return { profile, detection, installation, hmac };
+}
+
+/** Picks the HMAC implementation of anonymize: `auto` takes pgcrypto when it is installed or available, else core. */
+function chooseHmac(setting: HmacSetting, installation: Installation): HmacImplementation {
+  if (setting === 'core') return 'core';
+  if (installation.crypto) return 'pgcrypto';
+  if (setting === 'auto') return 'core';
+  throw new ToolError('MISSING_EXTENSION', 'The hmac setting is pgcrypto, but the pgcrypto extension is neither installed in this database nor available on the server.', {
+    fix: 'Install the PostgreSQL contrib package on the server (pgcrypto ships with it) or ask the provider to allow pgcrypto; or pass --hmac core (or auto), which computes the same pseudonyms with core sha256().',
+  });
 }
 
 async function plan(client: pg.ClientBase, settings: ApplySettings) {
-  const { profile, detection, installation } = await prepare(client, settings);
-  const statements = planApply(detection, settings, { profile, crypto: installation.crypto, recordedOptions: {} });
-  return { profile, detection, installation, statements };
+  const { profile, detection, installation, hmac } = await prepare(client, settings);
+  const statements = planApply(detection, settings, { profile, crypto: installation.crypto, hmac, recordedOptions: {} });
+  return { profile, detection, installation, hmac, statements };
 }
 
 async function validateRestoredKeys(client: pg.ClientBase, restored: UserForeignKey[], detection: Detection): Promise<{ name: string; validated: boolean }[]> {
@@ -159,19 +184,20 @@ export async function applyEnforcement(client: pg.ClientBase, settings: ApplySet
   const base = {
     mode: settings.mode,
     scope: settings.mode === 'anonymize' ? settings.scope : null,
+    hmac: first.hmac,
     schema: settings.schema,
     database,
     application: first.detection.description,
     restoredForeignKeys: [],
   };
 
-  if (isUnchanged(settings, first.detection, first.installation)) {
+  if (isUnchanged(settings, first.detection, first.installation, first.hmac)) {
     return { ...base, outcome: 'unchanged', summary: ['Enforcement already matches the request; nothing changed.'], statements: [] };
   }
   await checkPrivileges(client, first.detection, settings.schema);
   await checkRollupScope(client, first.profile, first.detection, settings, first.installation);
 
-  const summary = describeChange(settings, first.detection, first.installation);
+  const summary = describeChange(settings, first.detection, first.installation, first.hmac);
   if (settings.dryRun) return { ...base, outcome: 'dry-run', summary, statements: first.statements };
 
   if (settings.confirm && !(await settings.confirm(summary))) {

@@ -1,7 +1,7 @@
 import type pg from 'pg';
-import { triggerFunction, triggerFunctionName, protectedTables } from '../core/enforcement.js';
+import { describeHmac, triggerFunction, triggerFunctionName, protectedTables } from '../core/enforcement.js';
 import { findDrift, type Finding } from '../core/findings.js';
-import { countRows, currentDatabase, inspectInstallation, roleExposure, type RoleExposure, type RowCounts } from '../core/inspect.js';
+import { countRows, currentDatabase, inspectInstallation, roleExposure, type Installation, type RoleExposure, type RowCounts } from '../core/inspect.js';
 import { validateSchemaName } from '../core/preflight.js';
 import { getProfile } from '../profiles/index.js';
 import type { ForeignKeyState, Scope } from '../profiles/types.js';
@@ -50,7 +50,10 @@ export interface StatusReport {
   readonly appliedAt: string | null;
   readonly appliedBy: string | null;
   readonly appliedWithVersion: string | null;
-  /** The HMAC implementation in use, for example "pgcrypto (schema insights_privacy)". */
+  /**
+   * The HMAC implementation in use: "core sha256()" or "pgcrypto (schema …)";
+   * null when the recorded mode is not anonymize, or its implementation is missing.
+   */
   readonly hmac: string | null;
   readonly keys: { fingerprint: string; createdAt: string; ageDays: number }[];
   readonly tables: TableStatus[];
@@ -69,6 +72,12 @@ function foreignKeyStatus(state: ForeignKeyState): ForeignKeyStatus {
 }
 
 const dayMs = 24 * 60 * 60 * 1000;
+
+function hmacInUse(installation: Installation): string | null {
+  if (!installation.hmac || !installation.functions.has('pseudonym')) return null;
+  if (installation.hmac === 'pgcrypto' && (!installation.crypto || installation.crypto.create)) return null;
+  return describeHmac(installation.hmac, installation.crypto);
+}
 
 /** Reads what is enforced in the database and how it differs from the recorded mode. */
 export async function readStatus(client: pg.ClientBase, settings: StatusSettings): Promise<StatusReport> {
@@ -113,7 +122,7 @@ export async function readStatus(client: pg.ClientBase, settings: StatusSettings
     appliedAt: state ? state.appliedAt.toISOString() : null,
     appliedBy: state?.appliedBy ?? null,
     appliedWithVersion: state?.toolVersion ?? null,
-    hmac: installation.crypto && !installation.crypto.create && installation.functions.has('pseudonym') ? `pgcrypto (schema ${installation.crypto.schema})` : null,
+    hmac: hmacInUse(installation),
     keys: installation.keys.map((key) => ({
       fingerprint: key.fingerprint,
       createdAt: key.createdAt.toISOString(),

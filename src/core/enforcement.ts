@@ -24,6 +24,22 @@ export interface EnforcementTarget {
   readonly schema: string;
 }
 
+/**
+ * How pseudonyms get their HMAC-SHA256: pgcrypto's hmac(), or the same HMAC
+ * built on core sha256(), for servers that do not offer pgcrypto. Both give
+ * identical pseudonyms under the same key.
+ */
+export type HmacImplementation = 'pgcrypto' | 'core';
+
+/** The `hmac` setting: an implementation, or `auto` for pgcrypto when the server offers it and core otherwise. */
+export type HmacSetting = HmacImplementation | 'auto';
+
+/** Names an HMAC implementation as `status` shows it: "core sha256()" or "pgcrypto (schema …)". */
+export function describeHmac(hmac: HmacImplementation, crypto: CryptoLocation | null): string {
+  if (hmac === 'core') return 'core sha256()';
+  return crypto ? `pgcrypto (schema ${crypto.schema})` : 'pgcrypto (missing)';
+}
+
 /** Location of the pgcrypto functions once the plan has run. */
 export interface CryptoLocation {
   /** Schema of the pgcrypto extension; the tool's schema when the plan creates it. */
@@ -63,17 +79,28 @@ function expectedFunction(name: string, template: string, variables: Record<stri
   return { name, statements: templateStatements(template, variables), body: functionBody(rendered), securityDefiner };
 }
 
-/** The key-independent helper and the pseudonym function, as this version renders them. */
-export function pseudonymFunctions(schemaName: string, crypto: CryptoLocation): ExpectedFunction[] {
+/**
+ * The functions behind pseudonyms, as this version renders them: the
+ * version check, the HMAC helpers, and the pseudonym and key functions of one
+ * HMAC implementation. `crypto` is needed for pgcrypto only.
+ */
+export function pseudonymFunctions(schemaName: string, hmac: HmacImplementation, crypto: CryptoLocation | null): ExpectedFunction[] {
   const schema = ident(schemaName);
-  return [
+  const pseudonymVariables = { schema, schemaName: literal(schemaName), domainLabel: literal(domainLabel) };
+  const helpers = [
     expectedFunction('is_pseudonym', 'is-pseudonym.sql', { schema }, false),
-    expectedFunction('pseudonym', 'pseudonym.sql', {
-      schema,
-      schemaName: literal(schemaName),
-      hmac: qualified(crypto.schema, 'hmac'),
-      domainLabel: literal(domainLabel),
-    }),
+    expectedFunction('hmac_key_pad', 'hmac-key-pad.sql', { schema }, false),
+    expectedFunction('hmac_sha256', 'hmac-sha256.sql', { schema }, false),
+  ];
+
+  if (hmac === 'core') {
+    return [...helpers, expectedFunction('pseudonym', 'pseudonym-core.sql', pseudonymVariables), expectedFunction('random_key', 'random-key-core.sql', { schema }, false)];
+  }
+  if (!crypto) throw new Error('pseudonymFunctions: the pgcrypto implementation needs the location of pgcrypto');
+  return [
+    ...helpers,
+    expectedFunction('pseudonym', 'pseudonym.sql', { ...pseudonymVariables, hmac: qualified(crypto.schema, 'hmac') }),
+    expectedFunction('random_key', 'random-key-pgcrypto.sql', { schema, genRandomBytes: qualified(crypto.schema, 'gen_random_bytes') }, false),
   ];
 }
 
@@ -121,10 +148,33 @@ function lockStatements(detection: Detection): Statement[] {
   return templateStatements('lock-tables.sql', { tables: joinSql(tables) });
 }
 
+/**
+ * Builds the statements that install pseudonyms: pgcrypto when the plan
+ * creates it, the functions of the HMAC implementation, the padded-key
+ * columns and the first key. Switching to core removes a pgcrypto that the
+ * tool created in its own schema, because nothing uses it any more; the key,
+ * and so every pseudonym, stays the same.
+ */
+function pseudonymStatements(schemaName: string, context: PlanContext): Statement[] {
+  const schema = ident(schemaName);
+  const { crypto, hmac } = context;
+  if (!hmac) throw new Error('planApply: anonymize needs an HMAC implementation');
+  const statements: Statement[] = [];
+
+  if (hmac === 'pgcrypto' && crypto?.create) statements.push(...templateStatements('pgcrypto.sql', { schema }));
+  for (const fn of pseudonymFunctions(schemaName, hmac, crypto)) statements.push(...fn.statements);
+  statements.push(...templateStatements('key-pads.sql', { schema }));
+  if (hmac === 'core' && crypto && !crypto.create && crypto.schema === schemaName) statements.push(...templateStatements('drop-extension.sql', {}));
+  statements.push(...templateStatements('create-key.sql', { schema }));
+  return statements;
+}
+
 /** Everything the plan needs besides the detection. */
 export interface PlanContext {
   readonly profile: Profile;
   readonly crypto: CryptoLocation | null;
+  /** The HMAC implementation that anonymize installs, where `pgcrypto` needs `crypto`; null for other modes. */
+  readonly hmac: HmacImplementation | null;
   /** The options recorded in the state table with the mode. */
   readonly recordedOptions: Record<string, unknown>;
 }
@@ -141,12 +191,7 @@ export function planApply(detection: Detection, target: EnforcementTarget, conte
   const schema = ident(schemaName);
   const statements: Statement[] = [...lockStatements(detection), ...templateStatements('schema.sql', { schema })];
 
-  if (mode === 'anonymize') {
-    const crypto = context.crypto as CryptoLocation;
-    if (crypto.create) statements.push(...templateStatements('pgcrypto.sql', { schema }));
-    for (const fn of pseudonymFunctions(schemaName, crypto)) statements.push(...fn.statements);
-    statements.push(...templateStatements('create-key.sql', { schema, genRandomBytes: qualified(crypto.schema, 'gen_random_bytes') }));
-  }
+  if (mode === 'anonymize') statements.push(...pseudonymStatements(schemaName, context));
 
   const protectedSet = new Set(protectedTables(detection, mode, scope));
   for (const table of detection.tables) {
@@ -165,7 +210,7 @@ export function planApply(detection: Detection, target: EnforcementTarget, conte
   }
   statements.push(...(cutover?.afterForeignKeys ?? []));
 
-  const options = { ...context.recordedOptions, scope };
+  const options = { ...context.recordedOptions, scope, ...(mode === 'anonymize' ? { hmac: context.hmac } : {}) };
   statements.push(...templateStatements('record-state.sql', { schema }, [mode, detection.profile, mode === 'anonymize' ? scope : null, JSON.stringify(options), toolVersion]));
   return statements;
 }

@@ -3,7 +3,7 @@ import { queryRows } from './execute.js';
 import { ident, qualified } from './sql.js';
 import type { Detection, EnforcedMode, Scope, UsageTable } from '../profiles/types.js';
 import { triggerName } from './enforcement.js';
-import type { CryptoLocation } from './enforcement.js';
+import type { CryptoLocation, HmacImplementation } from './enforcement.js';
 
 /** The enforcement recorded in the state table by the last apply. */
 export interface RecordedState {
@@ -65,6 +65,10 @@ export interface Installation {
   readonly keys: KeyInfo[];
   readonly crypto: CryptoLocation | null;
   readonly pgcryptoAvailable: boolean;
+  /** The HMAC implementation recorded with anonymize; null unless the recorded mode is anonymize. */
+  readonly hmac: HmacImplementation | null;
+  /** The generated padded-key columns present in the keys table, which the core implementation reads. */
+  readonly keyPadColumns: string[];
   readonly functions: Map<string, InstalledFunction>;
   readonly triggers: Map<UsageTable, InstalledTrigger | null>;
 }
@@ -79,6 +83,15 @@ export async function locateCrypto(client: pg.ClientBase, schema: string): Promi
   const [row] = await queryRows<{ installed_schema: string | null; available: boolean }>(client, 'queries/extension.sql', ['pgcrypto']);
   if (row.installed_schema) return { crypto: { schema: row.installed_schema, create: false }, available: true };
   return { crypto: row.available ? { schema, create: true } : null, available: row.available };
+}
+
+/**
+ * Returns the HMAC implementation recorded with anonymize. State recorded
+ * before the `hmac` option existed used pgcrypto, the only implementation then.
+ */
+export function recordedHmac(state: RecordedState | null): HmacImplementation | null {
+  if (state?.mode !== 'anonymize') return null;
+  return state.options.hmac === 'core' ? 'core' : 'pgcrypto';
 }
 
 async function readState(client: pg.ClientBase, schema: string): Promise<RecordedState | null> {
@@ -108,6 +121,11 @@ async function readKeys(client: pg.ClientBase, schema: string): Promise<KeyInfo[
   if (!(await relationExists(client, schema, 'keys'))) return [];
   const rows = await queryRows<{ id: number; fingerprint: string; created_at: Date }>(client, 'queries/keys.sql', [], { schema: ident(schema) });
   return rows.map((row) => ({ id: row.id, fingerprint: row.fingerprint, createdAt: row.created_at }));
+}
+
+async function readKeyPadColumns(client: pg.ClientBase, schema: string): Promise<string[]> {
+  const rows = await queryRows<{ name: string }>(client, 'queries/key-pad-columns.sql', [schema]);
+  return rows.map((row) => row.name);
 }
 
 async function readFunctions(client: pg.ClientBase, schema: string): Promise<Map<string, InstalledFunction>> {
@@ -154,12 +172,16 @@ export async function inspectInstallation(client: pg.ClientBase, detection: Dete
   const triggers = new Map<UsageTable, InstalledTrigger | null>();
   for (const table of detection.tables) triggers.set(table, await readTrigger(client, table));
 
+  const state = present ? await readState(client, schema) : null;
+
   return {
     schemaPresent: present,
-    state: present ? await readState(client, schema) : null,
+    state,
     keys: present ? await readKeys(client, schema) : [],
     crypto,
     pgcryptoAvailable: available,
+    hmac: recordedHmac(state),
+    keyPadColumns: present ? await readKeyPadColumns(client, schema) : [],
     functions: present ? await readFunctions(client, schema) : new Map(),
     triggers,
   };
