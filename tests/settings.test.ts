@@ -50,6 +50,7 @@ describe('resolveSettings', () => {
     expect(settings.databaseUrl).toBeUndefined();
     expect(settings.mode).toBeUndefined();
     expect(settings.scope).toBe('source');
+    expect(settings.hmac).toBe('auto');
     expect(settings.profile).toBe('coder');
     expect(settings.schema).toBe('insights_privacy');
     expect(settings.lockTimeoutMs).toBe(2000);
@@ -70,6 +71,7 @@ describe('resolveSettings', () => {
   }[] = [
     { key: 'mode', variable: 'INSIGHTS_PRIVACY_MODE', flag: 'disable', env: 'off', file: 'anonymize', fallback: undefined, expected: { flag: 'disable', env: 'off', file: 'anonymize' } },
     { key: 'scope', variable: 'INSIGHTS_PRIVACY_SCOPE', flag: 'source', env: 'rollup', file: 'source', fallback: 'source', expected: { flag: 'source', env: 'rollup', file: 'source' } },
+    { key: 'hmac', variable: 'INSIGHTS_PRIVACY_HMAC', flag: 'core', env: 'pgcrypto', file: 'core', fallback: 'auto', expected: { flag: 'core', env: 'pgcrypto', file: 'core' } },
     { key: 'schema', variable: 'INSIGHTS_PRIVACY_SCHEMA', flag: 'from_flag', env: 'from_env', file: 'from_file', fallback: 'insights_privacy', expected: { flag: 'from_flag', env: 'from_env', file: 'from_file' } },
     { key: 'profile', variable: 'INSIGHTS_PRIVACY_PROFILE', flag: 'flag_profile', env: 'env_profile', file: 'file_profile', fallback: 'coder', expected: { flag: 'flag_profile', env: 'env_profile', file: 'file_profile' } },
     { key: 'lockTimeoutMs', variable: 'INSIGHTS_PRIVACY_LOCK_TIMEOUT_MS', flag: '100', env: '200', file: 300, fallback: 2000, expected: { flag: 100, env: 200, file: 300 } },

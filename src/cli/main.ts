@@ -42,6 +42,7 @@ async function settingsFor(io: CliIo, flags: CommonFlags & FlagValues & Record<s
     schema: flags.schema,
     mode: flags.mode as string | undefined,
     scope: flags.scope as string | undefined,
+    hmac: flags.hmac as string | undefined,
     lockTimeoutMs: flags.lockTimeout as string | undefined,
     lockRetries: flags.lockRetries as string | undefined,
     connectTimeoutSeconds: flags.connectTimeout,
@@ -70,6 +71,7 @@ async function runApply(io: CliIo, flags: CommonFlags & Record<string, unknown>)
     applyEnforcement(client, {
       mode,
       scope: settings.scope,
+      hmac: settings.hmac,
       schema: settings.schema,
       profile: settings.profile,
       dryRun: Boolean(flags.dryRun),
@@ -111,6 +113,7 @@ function buildProgram(io: CliIo, run: (handler: () => Promise<number>) => void):
     .description('install, switch or remove enforcement, in one transaction')
     .addOption(new Option('--mode <mode>', 'anonymize, disable or off (env INSIGHTS_PRIVACY_MODE)'))
     .option('--scope <scope>', 'anonymize scope: source (all usage tables, default) or rollup (template_usage_stats only)')
+    .option('--hmac <implementation>', "anonymize's HMAC-SHA256: auto (pgcrypto when the server offers it, else core), pgcrypto, or core (sha256(), no extension) (env INSIGHTS_PRIVACY_HMAC; default: auto)")
     .option('--dry-run', 'print the SQL and change nothing')
     .option('-y, --yes', 'apply without asking for confirmation')
     .option('--json', 'print the result as JSON')

@@ -4,7 +4,7 @@ import { cosmiconfig } from 'cosmiconfig';
 import { z } from 'zod';
 import { ToolError } from '../core/errors.js';
 import { defaultSchema } from '../core/enforcement.js';
-import type { Mode } from '../core/enforcement.js';
+import type { HmacSetting, Mode } from '../core/enforcement.js';
 import type { Scope } from '../profiles/types.js';
 
 /** Every setting a command can read, after precedence is applied. */
@@ -13,6 +13,8 @@ export interface Settings {
   databaseUrl: string | undefined;
   mode: Mode | undefined;
   scope: Scope;
+  /** HMAC implementation of anonymize: auto, pgcrypto or core. Default auto. */
+  hmac: HmacSetting;
   profile: string;
   schema: string;
   /** Maximum wait for one lock, in milliseconds. Default 2000. */
@@ -28,12 +30,14 @@ export type FlagValues = Partial<Record<keyof Settings, string>>;
 
 const modes = ['anonymize', 'disable', 'off'] as const;
 const scopes = ['source', 'rollup'] as const;
+const hmacSettings = ['auto', 'pgcrypto', 'core'] as const;
 
 /** Keys of the config file, each with the environment variable that overrides it. */
 const environmentNames: Record<keyof Settings, string> = {
   databaseUrl: 'INSIGHTS_PRIVACY_DATABASE_URL',
   mode: 'INSIGHTS_PRIVACY_MODE',
   scope: 'INSIGHTS_PRIVACY_SCOPE',
+  hmac: 'INSIGHTS_PRIVACY_HMAC',
   profile: 'INSIGHTS_PRIVACY_PROFILE',
   schema: 'INSIGHTS_PRIVACY_SCHEMA',
   lockTimeoutMs: 'INSIGHTS_PRIVACY_LOCK_TIMEOUT_MS',
@@ -45,6 +49,7 @@ const flagNames: Record<keyof Settings, string> = {
   databaseUrl: '--database-url',
   mode: '--mode',
   scope: '--scope',
+  hmac: '--hmac',
   profile: '--profile',
   schema: '--schema',
   lockTimeoutMs: '--lock-timeout',
@@ -57,6 +62,7 @@ const configFileSchema = z
     databaseUrl: z.string().min(1),
     mode: z.enum(modes),
     scope: z.enum(scopes),
+    hmac: z.enum(hmacSettings),
     profile: z.string().min(1),
     schema: z.string().min(1),
     lockTimeoutMs: z.number().int().min(1).max(600000),
@@ -197,6 +203,7 @@ export function resolveSettings(flags: FlagValues, env: NodeJS.ProcessEnv, confi
     databaseUrl: pick('databaseUrl')?.raw,
     mode: choice('mode', modes),
     scope: choice('scope', scopes) ?? 'source',
+    hmac: choice('hmac', hmacSettings) ?? 'auto',
     profile: pick('profile')?.raw ?? 'coder',
     schema: pick('schema')?.raw ?? defaultSchema,
     lockTimeoutMs: integer('lockTimeoutMs', 2000, 1, 600000),
