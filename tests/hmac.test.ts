@@ -441,7 +441,7 @@ describe('switching implementations', () => {
     await coder?.close();
   });
 
-  /** Counts the pgcrypto extensions in the database, by schema. */
+  /** Lists the schema of pgcrypto in the database: one entry, or none when it is not installed. */
   async function pgcryptoSchemas(): Promise<string[]> {
     const { rows } = await coder.client.query<{ schema: string }>(
       "SELECT extnamespace::regnamespace::text AS schema FROM pg_catalog.pg_extension WHERE extname = 'pgcrypto'",
@@ -567,7 +567,7 @@ describe('server without pgcrypto', () => {
     await coder?.close();
   });
 
-  /** The database's schemas, extensions, triggers, the tool's functions and its state, as one text. */
+  /** Returns the database's schemas, extensions and triggers, and the tool's functions and state, as one text. */
   async function snapshot(): Promise<string> {
     const catalog = await scalar<string>(
       coder.client,

@@ -25,9 +25,9 @@ export interface EnforcementTarget {
 }
 
 /**
- * How pseudonyms get their HMAC-SHA256: pgcrypto's hmac(), or the same HMAC
- * built on core sha256(), for servers that do not offer pgcrypto. Both give
- * identical pseudonyms under the same key.
+ * The implementation of HMAC-SHA256 behind pseudonyms: pgcrypto's hmac(), or
+ * the same HMAC built on core sha256() for servers that do not offer
+ * pgcrypto. Both give identical pseudonyms under the same key.
  */
 export type HmacImplementation = 'pgcrypto' | 'core';
 
@@ -152,8 +152,8 @@ function lockStatements(detection: Detection): Statement[] {
  * Builds the statements that install pseudonyms: pgcrypto when the plan
  * creates it, the functions of the HMAC implementation, the padded-key
  * columns and the first key. Switching to core removes a pgcrypto that the
- * tool created in its own schema, because nothing uses it any more; the key,
- * and so every pseudonym, stays the same.
+ * tool created in its own schema, because nothing uses it any more. The key
+ * stays, and so does every pseudonym.
  */
 function pseudonymStatements(schemaName: string, context: PlanContext): Statement[] {
   const schema = ident(schemaName);

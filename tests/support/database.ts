@@ -19,7 +19,7 @@ export function serverVersion(): number {
 }
 
 /**
- * Whether the test server offers pgcrypto. It does not on the pass of
+ * Tells whether the test server offers pgcrypto. It does not on the pass of
  * `npm run test:without-pgcrypto`, where every test runs the core HMAC.
  */
 export function pgcryptoAvailable(): boolean {
