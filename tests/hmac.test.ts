@@ -9,7 +9,7 @@ import { pseudonymFunctions } from '../src/core/enforcement.js';
 import { ExitCode } from '../src/core/errors.js';
 import { insertAgentStats, type AgentStatRow, type FixtureWorkspace } from '../src/fixture/index.js';
 import { runCliCaptured, type CliRun } from './support/cli.js';
-import { createCoderDatabase, createLoginRole, privacySchema, pseudonymsOf, readNewestKey, type CoderDatabase } from './support/coder.js';
+import { createCoderDatabase, createLoginRole, grantOnUsageTables, privacySchema, pseudonymsOf, readNewestKey, type CoderDatabase } from './support/coder.js';
 import { pgcryptoAvailable } from './support/database.js';
 
 // Keys are read here as the superuser only to compare them, and are never
@@ -383,6 +383,45 @@ describe('core implementation', () => {
     const again = await applyAnonymize(coder.database.url, '--hmac', 'core');
 
     expect(again.outcome).toBe('unchanged');
+  });
+
+  test('shadow sha256 is ignored', async () => {
+    // A writer with CREATE on the database puts functions named like those
+    // of the core HMAC before pg_catalog on its search path. The enforcement
+    // functions run with their own fixed search path, so they never call them.
+    const writer = await createLoginRole('hmac_writer', coder.database);
+    await grantOnUsageTables(coder.client, '2026', writer.name, ['INSERT', 'SELECT']);
+    await coder.client.query(`GRANT CREATE ON DATABASE "${coder.database.name}" TO "${writer.name}"`);
+    const client = await writer.connect();
+    const zeros = `'\\x${'00'.repeat(32)}'::bytea`;
+    try {
+      await client.query(`
+        CREATE SCHEMA shadow;
+        CREATE FUNCTION shadow.sha256(bytea) RETURNS bytea LANGUAGE sql AS $$ SELECT ${zeros} $$;
+        CREATE FUNCTION shadow.uuid_send(uuid) RETURNS bytea LANGUAGE sql AS $$ SELECT ${zeros} $$;
+        CREATE FUNCTION shadow.convert_to(text, name) RETURNS bytea LANGUAGE sql AS $$ SELECT ${zeros} $$;
+        SET search_path = shadow, pg_catalog, public;
+      `);
+      const shadowed = await scalar<string>(client, "SELECT encode(sha256('\\x01'::bytea), 'hex') AS value");
+      const key = await readNewestKey(coder.client);
+      const workspace = coder.population.workspaces[0];
+      const id = randomUUID();
+      const userId = randomUUID();
+
+      await client.query(
+        `INSERT INTO workspace_agent_stats (id, created_at, user_id, agent_id, workspace_id, template_id, connection_count, session_counts)
+         VALUES ($1, now(), $2, $3, $4, $5, 1, '{}')`,
+        [id, userId, workspace.agentId, workspace.id, workspace.templateId],
+      );
+
+      expect(shadowed).toBe('00'.repeat(32));
+      expect(await scalar<string>(coder.client, 'SELECT user_id::text AS value FROM workspace_agent_stats WHERE id = $1', [id])).toBe(nodePseudonym(key, userId));
+    } finally {
+      await client.end();
+      await coder.client.query(`DROP SCHEMA shadow CASCADE; REVOKE CREATE ON DATABASE "${coder.database.name}" FROM "${writer.name}"`);
+      await coder.client.query(`REVOKE ALL ON ALL TABLES IN SCHEMA public FROM "${writer.name}"; REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM "${writer.name}"`);
+      await writer.drop();
+    }
   });
 
   test('drift: pgcrypto body under core', async () => {
