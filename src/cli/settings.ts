@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { ToolError } from '../core/errors.js';
 import { defaultSchema } from '../core/enforcement.js';
 import type { Mode } from '../core/enforcement.js';
+import { keyPolicies, type KeyPolicy } from '../core/keys.js';
 import type { Scope } from '../profiles/types.js';
 
 /** Every setting a command can read, after precedence is applied. */
@@ -13,6 +14,8 @@ export interface Settings {
   databaseUrl: string | undefined;
   mode: Mode | undefined;
   scope: Scope;
+  /** Rotation policy of the pseudonym key under anonymize. Default `none`. */
+  rotate: KeyPolicy;
   profile: string;
   schema: string;
   /** Maximum wait for one lock, in milliseconds. Default 2000. */
@@ -34,6 +37,7 @@ const environmentNames: Record<keyof Settings, string> = {
   databaseUrl: 'INSIGHTS_PRIVACY_DATABASE_URL',
   mode: 'INSIGHTS_PRIVACY_MODE',
   scope: 'INSIGHTS_PRIVACY_SCOPE',
+  rotate: 'INSIGHTS_PRIVACY_ROTATE',
   profile: 'INSIGHTS_PRIVACY_PROFILE',
   schema: 'INSIGHTS_PRIVACY_SCHEMA',
   lockTimeoutMs: 'INSIGHTS_PRIVACY_LOCK_TIMEOUT_MS',
@@ -45,6 +49,7 @@ const flagNames: Record<keyof Settings, string> = {
   databaseUrl: '--database-url',
   mode: '--mode',
   scope: '--scope',
+  rotate: '--rotate',
   profile: '--profile',
   schema: '--schema',
   lockTimeoutMs: '--lock-timeout',
@@ -57,6 +62,7 @@ const configFileSchema = z
     databaseUrl: z.string().min(1),
     mode: z.enum(modes),
     scope: z.enum(scopes),
+    rotate: z.enum(keyPolicies),
     profile: z.string().min(1),
     schema: z.string().min(1),
     lockTimeoutMs: z.number().int().min(1).max(600000),
@@ -197,6 +203,7 @@ export function resolveSettings(flags: FlagValues, env: NodeJS.ProcessEnv, confi
     databaseUrl: pick('databaseUrl')?.raw,
     mode: choice('mode', modes),
     scope: choice('scope', scopes) ?? 'source',
+    rotate: choice('rotate', keyPolicies) ?? 'none',
     profile: pick('profile')?.raw ?? 'coder',
     schema: pick('schema')?.raw ?? defaultSchema,
     lockTimeoutMs: integer('lockTimeoutMs', 2000, 1, 600000),

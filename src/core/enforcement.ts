@@ -3,6 +3,7 @@ import { functionBody, renderTemplate, templateStatements } from './templates.js
 import { replaceForeignKey, restoreForeignKey } from '../profiles/foreign-keys.js';
 import type { Detection, EnforcedMode, Profile, Scope, UsageTable } from '../profiles/types.js';
 import { toolVersion } from './version.js';
+import { periodVariables, type KeyPolicy } from './keys.js';
 
 /** Mode requested from `apply`. */
 export type Mode = EnforcedMode | 'off';
@@ -22,6 +23,8 @@ export interface EnforcementTarget {
   readonly scope: Scope;
   /** Name of the tool's private schema. */
   readonly schema: string;
+  /** Rotation policy of the pseudonym key under anonymize. Default `none`. */
+  readonly rotate?: KeyPolicy;
 }
 
 /** Location of the pgcrypto functions once the plan has run. */
@@ -63,11 +66,22 @@ function expectedFunction(name: string, template: string, variables: Record<stri
   return { name, statements: templateStatements(template, variables), body: functionBody(rendered), securityDefiner };
 }
 
-/** The key-independent helper and the pseudonym function, as this version renders them. */
-export function pseudonymFunctions(schemaName: string, crypto: CryptoLocation): ExpectedFunction[] {
+/**
+ * The key-independent helper, the key functions for a rotation policy and
+ * the pseudonym function, as this version renders them.
+ */
+export function pseudonymFunctions(schemaName: string, crypto: CryptoLocation, policy: KeyPolicy = 'none'): ExpectedFunction[] {
   const schema = ident(schemaName);
   return [
     expectedFunction('is_pseudonym', 'is-pseudonym.sql', { schema }, false),
+    expectedFunction('add_key', 'add-key.sql', { schema }),
+    expectedFunction('key_id', 'key-id.sql', {
+      schema,
+      schemaName: literal(schemaName),
+      policy: literal(policy),
+      genRandomBytes: qualified(crypto.schema, 'gen_random_bytes'),
+      ...periodVariables(policy),
+    }),
     expectedFunction('pseudonym', 'pseudonym.sql', {
       schema,
       schemaName: literal(schemaName),
@@ -85,7 +99,9 @@ export function triggerFunction(schemaName: string, table: UsageTable, mode: Enf
 
   if (mode === 'disable') return expectedFunction(name, 'trigger-function-disable.sql', { function: fn });
 
-  const assignments = table.userColumns.map((column) => renderTemplate('trigger-assignment.sql', { column: ident(column), schema }).trimEnd());
+  const assignments = table.userColumns.map((column) =>
+    renderTemplate('trigger-assignment.sql', { column: ident(column), timeColumn: ident(table.timeColumn), schema }).trimEnd(),
+  );
   return expectedFunction(name, 'trigger-function-anonymize.sql', { function: fn, assignments: SqlFragment.trusted(assignments.join('\n')) });
 }
 
@@ -141,11 +157,13 @@ export function planApply(detection: Detection, target: EnforcementTarget, conte
   const schema = ident(schemaName);
   const statements: Statement[] = [...lockStatements(detection), ...templateStatements('schema.sql', { schema })];
 
+  const policy = target.rotate ?? 'none';
   if (mode === 'anonymize') {
     const crypto = context.crypto as CryptoLocation;
     if (crypto.create) statements.push(...templateStatements('pgcrypto.sql', { schema }));
-    for (const fn of pseudonymFunctions(schemaName, crypto)) statements.push(...fn.statements);
-    statements.push(...templateStatements('create-key.sql', { schema, genRandomBytes: qualified(crypto.schema, 'gen_random_bytes') }));
+    for (const fn of pseudonymFunctions(schemaName, crypto, policy)) statements.push(...fn.statements);
+    // Period policies create each period's key on its first use instead.
+    if (policy === 'none') statements.push(...templateStatements('create-key.sql', { schema, genRandomBytes: qualified(crypto.schema, 'gen_random_bytes') }));
   }
 
   const protectedSet = new Set(protectedTables(detection, mode, scope));
@@ -165,7 +183,7 @@ export function planApply(detection: Detection, target: EnforcementTarget, conte
   }
   statements.push(...(cutover?.afterForeignKeys ?? []));
 
-  const options = { ...context.recordedOptions, scope };
+  const options = { ...context.recordedOptions, scope, ...(mode === 'anonymize' ? { rotate: policy } : {}) };
   statements.push(...templateStatements('record-state.sql', { schema }, [mode, detection.profile, mode === 'anonymize' ? scope : null, JSON.stringify(options), toolVersion]));
   return statements;
 }

@@ -9,6 +9,7 @@ import {
 } from './enforcement.js';
 import type { Installation, InstalledFunction, InstalledTrigger } from './inspect.js';
 import { toolVersion } from './version.js';
+import { recordedPolicy } from './keys.js';
 
 /** `error` fails `status --check`; `warning` and `info` are shown only. */
 export type Severity = 'error' | 'warning' | 'info';
@@ -102,12 +103,15 @@ export function findDrift(detection: Detection, installation: Installation, sche
     if (!installation.crypto || installation.crypto.create) {
       findings.push({ severity: 'error', object: 'extension pgcrypto', problem: 'is missing, so pseudonyms cannot be computed', fix: 'insights-privacy apply' });
     } else {
-      for (const expected of pseudonymFunctions(schema, installation.crypto)) {
+      for (const expected of pseudonymFunctions(schema, installation.crypto, recordedPolicy(state))) {
         const problem = functionProblems(expected, installation.functions.get(expected.name));
         if (problem) findings.push({ severity: 'error', object: `${schema}.${expected.name}()`, problem, fix: 'insights-privacy apply' });
       }
     }
-    if (installation.keys.length === 0) findings.push({ severity: 'error', object: `${schema}.keys`, problem: 'holds no key; every write to a protected table fails', fix: 'insights-privacy apply' });
+    // Period policies create their keys on first use, so only policy none needs one in advance.
+    if (recordedPolicy(state) === 'none' && !installation.keys.some((key) => key.policy === 'none')) {
+      findings.push({ severity: 'error', object: `${schema}.keys`, problem: 'holds no key; every write to a protected table fails', fix: 'insights-privacy apply' });
+    }
   }
 
   for (const table of detection.tables) {
