@@ -761,6 +761,29 @@ describe('forget-keys', () => {
   });
 });
 
+describe('forget-keys with an older transaction open', () => {
+  test('reports the table as not rewritten', async () => {
+    // VACUUM FULL would copy the deleted row for a snapshot that can still
+    // see it, so forget-keys waits for such transactions and then gives up.
+    const coder = await coderDatabase('keys_forget_open');
+    await anonymize(coder.client, 'monthly');
+    await pseudonymAt(coder.client, randomUUID(), new Date('2025-01-20T00:00:00Z'));
+    const reader = await coder.database.connect();
+    let result: Awaited<ReturnType<typeof forgetKeys>>;
+    try {
+      await reader.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+      await reader.query('SELECT count(*) FROM workspace_agent_stats');
+      result = await forgetKeys(coder.client, { ...keySettings, lock: { lockTimeoutMs: 200, retries: 1 }, before: parseCutoff('2025-02-01') });
+    } finally {
+      await reader.query('COMMIT');
+      await reader.end();
+    }
+
+    expect(result.forgotten).toHaveLength(1);
+    expect(result.tableRewritten).toBe(false);
+  });
+});
+
 describe('forget-keys under policy none', () => {
   test('deletes the ended key, keeps the key in use', async () => {
     const coder = await coderDatabase('keys_forget_none');

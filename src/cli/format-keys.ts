@@ -23,7 +23,11 @@ export function formatForget(result: ForgetKeysResult, chalk: ChalkInstance): st
   const lines = [chalk.green(`Deleted ${result.forgotten.length} key(s) of ${result.database} whose period ended by ${result.before}.`)];
   for (const line of result.summary) lines.push(`  ${line}`);
   if (!result.tableRewritten) {
-    lines.push(chalk.yellow(`  The key table was not rewritten, so deleted key bytes may remain in its file until "VACUUM FULL ${result.schema}.keys" runs as the table's owner.`));
+    lines.push(
+      chalk.yellow(
+        `  The key table was not rewritten (a transaction older than the deletion stayed open, the lock was not granted, or another role owns the table), so deleted key bytes may remain in its file until "VACUUM FULL ${result.schema}.keys" runs as the table's owner with no older transaction open.`,
+      ),
+    );
   }
   return `${lines.join('\n')}\n`;
 }

@@ -5,7 +5,7 @@ import { describePeriod } from '../core/keys.js';
 import { ident } from '../core/sql.js';
 import { templateStatements } from '../core/templates.js';
 import { runLocked } from '../core/transaction.js';
-import { confirmChange, readKeyContext, rewriteKeyTable, type KeyCommandSettings } from './key-common.js';
+import { confirmChange, readKeyContext, rewriteKeyTable, serverTime, type KeyCommandSettings } from './key-common.js';
 
 /**
  * How long after its end a key may still be needed, in milliseconds. Coder's
@@ -36,7 +36,10 @@ export interface ForgetKeysResult {
   readonly schema: string;
   readonly before: string;
   readonly forgotten: ForgottenPeriod[];
-  /** Whether VACUUM FULL gave the key table a new file, so no deleted key stays in the old one. */
+  /**
+   * Whether VACUUM FULL gave the key table a new file while no older
+   * transaction was open, so no deleted key stays in the table's file.
+   */
   readonly tableRewritten: boolean;
   readonly summary: string[];
 }
@@ -112,6 +115,6 @@ export async function forgetKeys(client: pg.ClientBase, settings: ForgetKeysSett
     return { statements: [], result: periods };
   });
 
-  const tableRewritten = await rewriteKeyTable(client, settings.schema, settings.lock);
+  const tableRewritten = await rewriteKeyTable(client, settings.schema, settings.lock, await serverTime(client));
   return { ...base, outcome: 'forgotten', forgotten, tableRewritten, summary: describeForget(forgotten) };
 }

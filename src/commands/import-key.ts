@@ -12,7 +12,7 @@ import { describePeriod } from '../core/keys.js';
 import { ident, type Statement } from '../core/sql.js';
 import { templateStatements } from '../core/templates.js';
 import { runLocked } from '../core/transaction.js';
-import { readKeyContext, rewriteKeyTable, type KeyCommandSettings } from './key-common.js';
+import { readKeyContext, rewriteKeyTable, serverTime, type KeyCommandSettings } from './key-common.js';
 
 /** Settings of `import-key`, validated by the caller. */
 export interface ImportKeySettings extends Omit<KeyCommandSettings, 'confirm'> {
@@ -157,7 +157,10 @@ export async function importKeys(client: pg.ClientBase, settings: ImportKeySetti
     return { statements: [], result: { toAdd, ending, replaced, unchanged } };
   });
 
-  if (outcome.replaced.length > 0) await rewriteKeyTable(client, settings.schema, settings.lock);
+  const warnings = await warningsFor(path, file.source.policy, context.installation.state?.mode === 'anonymize' ? context.policy : null);
+  if (outcome.replaced.length > 0 && !(await rewriteKeyTable(client, settings.schema, settings.lock, await serverTime(client)))) {
+    warnings.push(`The key table was not rewritten, so the replaced keys may remain in its file until "VACUUM FULL ${settings.schema}.keys" runs as the table's owner.`);
+  }
   const changed = outcome.toAdd.length + outcome.ending.length + outcome.replaced.length > 0;
   return {
     outcome: changed ? 'imported' : 'unchanged',
@@ -168,7 +171,7 @@ export async function importKeys(client: pg.ClientBase, settings: ImportKeySetti
     ended: outcome.ending.map(info),
     replaced: outcome.replaced.map(info),
     unchanged: outcome.unchanged.map(info),
-    warnings: await warningsFor(path, file.source.policy, context.installation.state?.mode === 'anonymize' ? context.policy : null),
+    warnings,
   };
 }
 

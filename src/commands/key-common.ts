@@ -42,6 +42,12 @@ export async function readKeyContext(client: pg.ClientBase, settings: Pick<KeyCo
   return { database: await currentDatabase(client), installation, policy: recordedPolicy(installation.state), now: clock.now };
 }
 
+/** Reads the server's clock; outside a transaction block, now() is the time of the statement. */
+export async function serverTime(client: pg.ClientBase): Promise<Date> {
+  const [clock] = await queryRows<{ now: Date }>(client, 'queries/rotation-boundary.sql');
+  return clock.now;
+}
+
 /** Asks for confirmation when the settings carry a callback, and aborts on a no. */
 export async function confirmChange(settings: KeyCommandSettings, summary: string[]): Promise<void> {
   if (settings.confirm && !(await settings.confirm(summary))) {
@@ -52,23 +58,37 @@ export async function confirmChange(settings: KeyCommandSettings, summary: strin
 /**
  * Rewrites the key table with VACUUM FULL after keys were deleted, so that
  * their bytes do not stay in dead tuples or free space of the table's file.
- * VACUUM FULL holds an exclusive lock on the key table, which the triggers
- * read, so it waits at most the lock timeout per attempt. Returns whether
- * the table got a new file: false when the lock was not granted in any
- * attempt, or when the current role does not own the table (VACUUM then
- * skips it with a warning).
+ * VACUUM FULL keeps row versions that an older snapshot may still see, so
+ * it first waits, with the lock policy's retries and back-off, until no
+ * session of this database runs a transaction that began before
+ * `deletedAt`. It holds an exclusive lock on the key table, which the
+ * triggers read, so it waits at most the lock timeout per attempt. Returns
+ * whether the table got a new file with no such transaction open; false
+ * when the waits ran out or the current role does not own the table
+ * (VACUUM then skips it with a warning).
  *
  * NOTE: the old file's disk blocks, the WAL and any backup or replica still
  * hold the deleted keys until they are overwritten or expire.
  */
-export async function rewriteKeyTable(client: pg.ClientBase, schema: string, lock: LockPolicy): Promise<boolean> {
+export async function rewriteKeyTable(client: pg.ClientBase, schema: string, lock: LockPolicy, deletedAt: Date): Promise<boolean> {
   const fileOf = async () => {
     const [row] = await queryRows<{ file: string | null }>(client, 'queries/key-table-file.sql', [`${ident(schema).text}.keys`]);
     return row.file;
   };
+  const olderSessions = async () => {
+    const [row] = await queryRows<{ sessions: string }>(client, 'queries/older-snapshots.sql', [deletedAt]);
+    return Number(row.sessions);
+  };
+  const backOff = (attempt: number) => sleep(Math.min(200 * 2 ** (attempt - 1), 5000));
+
+  for (let attempt = 1; (await olderSessions()) > 0; attempt += 1) {
+    if (attempt > lock.retries) return false;
+    lock.onRetry?.(attempt, `a transaction that began before the keys were deleted is still open`);
+    await backOff(attempt);
+  }
+
   const before = await fileOf();
   const [vacuum] = templateStatements('vacuum-keys.sql', { schema: ident(schema) });
-
   for (let attempt = 1; ; attempt += 1) {
     await client.query(`SELECT set_config('lock_timeout', $1, false)`, [`${lock.lockTimeoutMs}ms`]);
     try {
@@ -78,7 +98,7 @@ export async function rewriteKeyTable(client: pg.ClientBase, schema: string, loc
       if (!isDatabaseError(error) || error.code !== lockNotAvailable) throw error;
       if (attempt > lock.retries) return false;
       lock.onRetry?.(attempt, `a lock on ${schema}.keys was not granted within ${lock.lockTimeoutMs} ms`);
-      await sleep(Math.min(200 * 2 ** (attempt - 1), 5000));
+      await backOff(attempt);
     } finally {
       await client.query('RESET lock_timeout');
     }
