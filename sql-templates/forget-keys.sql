@@ -1,7 +1,7 @@
 -- Parameters: $1 the cut-off. Deletes every key whose period ended at or
 -- before it, and records the period and fingerprint of each, so that
--- pseudonym() refuses to make a new key for it. A key without an end (the
--- one in use under policy none) is never deleted.
+-- pseudonym() raises an error for the period instead of making a new key.
+-- A key without an end (the one in use under policy none) is never deleted.
 WITH deleted AS (
   DELETE FROM {{schema}}.keys AS k
   WHERE k.valid_until IS NOT NULL

@@ -47,8 +47,9 @@ ALTER TABLE {{schema}}.keys ADD COLUMN IF NOT EXISTS valid_until timestamptz;
 -- ON CONFLICT DO NOTHING against this index and read back the winner.
 CREATE UNIQUE INDEX IF NOT EXISTS keys_policy_valid_from ON {{schema}}.keys (policy, valid_from);
 
--- Periods whose keys forget-keys deleted: pseudonym() refuses to make a new
--- key for them, and status lists them. Only the fingerprint is kept.
+-- Periods whose keys forget-keys deleted. pseudonym() raises an error for
+-- them instead of making a new key, and status lists them. Only the
+-- fingerprint is kept.
 CREATE TABLE IF NOT EXISTS {{schema}}.forgotten_keys (
   fingerprint text NOT NULL,
   policy text NOT NULL,

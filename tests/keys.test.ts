@@ -113,7 +113,7 @@ function agentStat(workspace: FixtureWorkspace, createdAt: Date, userId = worksp
   };
 }
 
-/** One agent report per minute offset from `start`, each with an open session. */
+/** Returns one agent report per minute offset from `start`, each with an open session. */
 function agentMinutes(workspace: FixtureWorkspace, start: number, minutes: readonly number[]): AgentStatRow[] {
   return minutes.map((minute) => agentStat(workspace, new Date(start + minute * minuteMs + 10_000)));
 }
@@ -878,7 +878,7 @@ describe('export-key and import-key', () => {
 
   test('mismatched import is refused', async () => {
     expect(conflictRun.code).toBe(ExitCode.error);
-    expect(conflictRun.stderr).toContain('Import refused, nothing changed: monthly 2025-01-01T00:00:00.000Z to 2025-02-01T00:00:00.000Z has key');
+    expect(conflictRun.stderr).toContain('Import rejected, nothing changed: monthly 2025-01-01T00:00:00.000Z to 2025-02-01T00:00:00.000Z has key');
     expect(conflictRun.stderr).toContain('--force');
     expect(await storedKeys(target.client)).toEqual(targetKeysBefore);
   });

@@ -1,6 +1,6 @@
 -- Parameters: $1 a time. Counts the other client sessions of this database
--- whose transaction began before it and still holds a snapshot: VACUUM FULL
--- copies row versions that such a snapshot may still see. Sessions of other
+-- whose transaction began before it and still has a snapshot, because VACUUM
+-- FULL copies row versions that such a snapshot may still see. Sessions of other
 -- roles show no snapshot without pg_read_all_stats, so they are not counted.
 SELECT count(*) AS sessions
 FROM pg_catalog.pg_stat_activity AS a

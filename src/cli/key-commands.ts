@@ -10,7 +10,7 @@ import { formatExport, formatForget, formatImport, formatRotate } from './format
 import { paint, type CliIo } from './io.js';
 import type { Settings } from './settings.js';
 
-/** What the key commands borrow from the main program. */
+/** Helpers that the key commands take from the main program. */
 export interface KeyCommandDeps {
   readonly io: CliIo;
   readonly run: (handler: () => Promise<number>) => void;

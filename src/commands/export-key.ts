@@ -20,7 +20,7 @@ export interface ExportKeySettings {
   readonly force: boolean;
 }
 
-/** What `export-key` wrote; the keys themselves stay in the file. */
+/** Result of `export-key`, without the keys, which only the file contains. */
 export interface ExportKeyResult {
   readonly outcome: 'exported';
   readonly database: string;
@@ -70,7 +70,7 @@ async function writeSecretFile(path: string, text: string, force: boolean): Prom
 export async function exportKeys(client: pg.ClientBase, settings: ExportKeySettings): Promise<ExportKeyResult> {
   const context = await readKeyContext(client, settings);
   if (context.installation.keys.length === 0) {
-    throw new ToolError('INVALID_OPTION', `Schema ${settings.schema} in database ${context.database} holds no key to export.`, {
+    throw new ToolError('INVALID_OPTION', `Schema ${settings.schema} in database ${context.database} has no key to export.`, {
       fix: 'Check --database-url and --schema; keys exist once "insights-privacy apply --mode anonymize" has run (period keys once a row of the period was written).',
     });
   }

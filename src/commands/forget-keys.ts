@@ -10,8 +10,8 @@ import { confirmChange, readKeyContext, rewriteKeyTable, serverTime, type KeyCom
 /**
  * How long after its end a key may still be needed, in milliseconds. Coder's
  * rollup recomputes every bucket from one hour before its newest bucket,
- * truncated to the hour, which reaches at most 2.5 hours back while Coder
- * writes; under scope rollup it needs the keys of those buckets.
+ * truncated to the hour. While Coder writes, that reaches at most 2.5 hours
+ * back, and under scope rollup it hashes those buckets with their keys again.
  */
 export const forgetMarginMs = 150 * 60 * 1000;
 
@@ -29,7 +29,7 @@ export interface ForgottenPeriod {
   readonly periodEnd: string;
 }
 
-/** What `forget-keys` did. */
+/** Result of `forget-keys`. */
 export interface ForgetKeysResult {
   readonly outcome: 'forgotten' | 'unchanged';
   readonly database: string;
@@ -87,13 +87,13 @@ function describeForget(periods: readonly ForgottenPeriod[]): string[] {
 /**
  * Deletes the keys whose period ended at or before `before`, records their
  * periods in `forgotten_keys`, and rewrites the key table so that no copy of
- * a deleted key stays in its file. Refuses a cut-off later than the server's
+ * a deleted key stays in its file. Rejects a cut-off later than the server's
  * time minus `forgetMarginMs`, which also keeps the key in use.
  */
 export async function forgetKeys(client: pg.ClientBase, settings: ForgetKeysSettings): Promise<ForgetKeysResult> {
   const context = await readKeyContext(client, settings);
   if (!context.installation.schemaPresent) {
-    throw new ToolError('INVALID_OPTION', `Schema ${settings.schema} does not exist, so it holds no keys.`, { fix: 'Check --schema.' });
+    throw new ToolError('INVALID_OPTION', `Schema ${settings.schema} does not exist, so it has no keys.`, { fix: 'Check --schema.' });
   }
   checkCutoff(settings.before, context.now);
 

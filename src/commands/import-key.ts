@@ -31,7 +31,7 @@ export interface ImportedKeyInfo {
   readonly validUntil: string | null;
 }
 
-/** What `import-key` did. */
+/** Result of `import-key`. */
 export interface ImportKeyResult {
   readonly outcome: 'imported' | 'unchanged';
   readonly database: string;
@@ -39,7 +39,7 @@ export interface ImportKeyResult {
   readonly path: string;
   /** Keys of the file that the database did not have. */
   readonly added: ImportedKeyInfo[];
-  /** Keys the database had without an end, which now end where the file says. */
+  /** Keys the database had without an end, which now end where the file records. */
   readonly ended: ImportedKeyInfo[];
   /** Keys of the database that --force deleted because the file has another key for their period. */
   readonly replaced: ImportedKeyInfo[];
@@ -48,7 +48,7 @@ export interface ImportKeyResult {
   readonly warnings: string[];
 }
 
-/** How one key of the file relates to the database's keys. */
+/** Relation of one key of the file to the database's keys. */
 type Match =
   | { kind: 'same'; key: ImportedKey; stored: KeyInfo }
   | { kind: 'new'; key: ImportedKey }
@@ -130,7 +130,7 @@ export async function importKeys(client: pg.ClientBase, settings: ImportKeySetti
 
     const conflicts = matches.filter((match) => match.kind === 'conflict');
     if (conflicts.length > 0 && !settings.force) {
-      throw new ToolError('KEY_CONFLICT', `Import refused, nothing changed: ${conflicts.map((match) => match.reason).join('; ')}.`, {
+      throw new ToolError('KEY_CONFLICT', `Import rejected, nothing changed: ${conflicts.map((match) => match.reason).join('; ')}.`, {
         fix: 'Check that the file belongs to this database. To make this database use the file\'s keys anyway, pass --force: it deletes the keys named above, and pseudonyms stored under them can no longer be linked.',
       });
     }
@@ -188,7 +188,7 @@ async function addKeys(client: pg.ClientBase, schemaName: string, keys: readonly
   for (const row of rows) {
     const key = keys[row.position];
     if (row.id === null) {
-      throw new ToolError('KEY_CONFLICT', `Import refused, nothing changed: ${key.policy} ${describePeriod(key.validFrom, key.validUntil)} got a key from a writer while the import ran.`, {
+      throw new ToolError('KEY_CONFLICT', `Import rejected, nothing changed: ${key.policy} ${describePeriod(key.validFrom, key.validUntil)} got a key from a writer while the import ran.`, {
         fix: 'Run import-key again; it then reports the conflict with that key.',
       });
     }

@@ -23,7 +23,7 @@ export interface KeyCommandSettings {
   readonly confirm?: (summary: string[]) => Promise<boolean>;
 }
 
-/** What a key command reads before it changes anything. */
+/** State that a key command reads before it changes anything. */
 export interface KeyContext {
   readonly database: string;
   readonly installation: Installation;
@@ -63,9 +63,9 @@ export async function confirmChange(settings: KeyCommandSettings, summary: strin
  * session of this database runs a transaction that began before
  * `deletedAt`. It holds an exclusive lock on the key table, which the
  * triggers read, so it waits at most the lock timeout per attempt. Returns
- * whether the table got a new file with no such transaction open; false
- * when the waits ran out or the current role does not own the table
- * (VACUUM then skips it with a warning).
+ * whether the table got a new file with no such transaction open. It
+ * returns false when the waits ran out, and when the current role does not
+ * own the table, because VACUUM then skips it with a warning.
  *
  * NOTE: the old file's disk blocks, the WAL and any backup or replica still
  * hold the deleted keys until they are overwritten or expire.

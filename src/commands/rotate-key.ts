@@ -7,7 +7,7 @@ import { templateStatements } from '../core/templates.js';
 import { runLocked } from '../core/transaction.js';
 import { confirmChange, readKeyContext, type KeyCommandSettings, type KeyContext } from './key-common.js';
 
-/** What `rotate-key` did. */
+/** Result of `rotate-key`. */
 export interface RotateKeyResult {
   readonly outcome: 'rotated';
   readonly database: string;
@@ -49,7 +49,7 @@ function checkRotatable(context: KeyContext, schema: string) {
   }
   const current = keyFor(context.installation.keys, 'none', now);
   if (!current) {
-    throw new ToolError('STATE_INVALID', `Schema ${schema} holds no key in use.`, { fix: 'Run "insights-privacy apply --mode anonymize" to create one.' });
+    throw new ToolError('STATE_INVALID', `Schema ${schema} has no key in use.`, { fix: 'Run "insights-privacy apply --mode anonymize" to create one.' });
   }
   return current;
 }
