@@ -1,28 +1,20 @@
 import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import type pg from 'pg';
-import { runCli } from '../src/cli/main.js';
 import type { ApplyResult } from '../src/commands/apply.js';
 import type { StatusReport } from '../src/commands/status.js';
 import { ExitCode } from '../src/core/errors.js';
 import { columnSets, insertAgentStats, upsertAppStats, type AgentStatRow, type AppStatSession, type ColumnSet, type FixtureWorkspace } from '../src/fixture/index.js';
 import { createCoderDatabase, createLoginRole, grantOnUsageTables, pseudonymPattern, usageTables, type CoderDatabase, type TestRole } from './support/coder.js';
+import { runCliCaptured, type CliRun, closedPort } from './support/cli.js';
 
 const foreignKeyName = 'workspace_app_stats_user_id_fkey';
 const triggerName = 'zz_insights_privacy';
 const minuteMs = 60_000;
 const hourMs = 60 * minuteMs;
 
-/** Output and exit code of one in-process run of the command line. */
-interface CliRun {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 let workDir: string;
 
@@ -34,21 +26,8 @@ afterAll(async () => {
   if (workDir) await rm(workDir, { recursive: true, force: true });
 });
 
-/** Runs the command line in-process with captured output, no environment and no terminal on stdin. */
-async function runTool(argv: string[]): Promise<CliRun> {
-  let stdout = '';
-  let stderr = '';
-  const stdin = Object.assign(new PassThrough(), { isTTY: false });
-  const code = await runCli(argv, {
-    stdout: { write: (text: string) => (stdout += text) },
-    stderr: { write: (text: string) => (stderr += text) },
-    stdin,
-    env: {},
-    cwd: workDir,
-    colour: false,
-  });
-  return { code, stdout, stderr };
-}
+/** Runs the command line in-process with no environment and no terminal on stdin. */
+const runTool = (argv: string[]): Promise<CliRun> => runCliCaptured(argv, { cwd: workDir });
 
 /** Runs `apply --yes --json` with the given mode and options, and expects success. */
 async function apply(url: string, mode: string, ...options: string[]): Promise<ApplyResult> {
@@ -64,18 +43,6 @@ async function status(url: string, ...options: string[]): Promise<{ code: number
   return { code: run.code, report: JSON.parse(run.stdout) as StatusReport };
 }
 
-/** Finds a loopback port with nothing listening on it, by binding a socket and closing it again. */
-async function closedPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 function agentRow(workspace: FixtureWorkspace, createdAt: Date): AgentStatRow {
   return {

@@ -1,49 +1,16 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import type pg from 'pg';
-import { runCli } from '../src/cli/main.js';
 import { loadConfig, resolveSettings, type FlagValues, type LoadedConfig, type Settings } from '../src/cli/settings.js';
 import { ExitCode, ToolError } from '../src/core/errors.js';
 import { createCoderDatabase, type CoderDatabase } from './support/coder.js';
+import { runCliCaptured, type CliRun, closedPort } from './support/cli.js';
 
-/** Output and exit code of one in-process run of the command line. */
-interface CliRun {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
-/** Runs the command line in-process with captured output, an explicit environment and no terminal on stdin. */
-async function runTool(argv: string[], env: NodeJS.ProcessEnv, cwd: string): Promise<CliRun> {
-  let stdout = '';
-  let stderr = '';
-  const stdin = Object.assign(new PassThrough(), { isTTY: false });
-  const code = await runCli(argv, {
-    stdout: { write: (text: string) => (stdout += text) },
-    stderr: { write: (text: string) => (stderr += text) },
-    stdin,
-    env,
-    cwd,
-    colour: false,
-  });
-  return { code, stdout, stderr };
-}
+/** Runs the command line in-process with an explicit environment and no terminal on stdin. */
+const runTool = (argv: string[], env: NodeJS.ProcessEnv, cwd: string): Promise<CliRun> => runCliCaptured(argv, { env, cwd });
 
-/** Finds a loopback port with nothing listening on it, by binding a socket and closing it again. */
-async function closedPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** Returns the ToolError that `action` throws, or fails the test. */
 async function toolErrorOf(action: () => unknown): Promise<ToolError> {
