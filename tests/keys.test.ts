@@ -2,10 +2,8 @@ import { createHmac, randomBytes, randomUUID } from 'node:crypto';
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import { runCli } from '../src/cli/main.js';
 import { applyEnforcement } from '../src/commands/apply.js';
 import { exportKeys } from '../src/commands/export-key.js';
 import { forgetKeys, parseCutoff } from '../src/commands/forget-keys.js';
@@ -29,6 +27,7 @@ import {
   type Population,
 } from '../src/fixture/index.js';
 import type { Scope } from '../src/profiles/types.js';
+import { runCliCaptured, type CliRun } from './support/cli.js';
 import { createTestDatabase, serverLogPath } from './support/database.js';
 import { createCoderDatabase, privacySchema, pseudonymPattern, type CoderDatabase } from './support/coder.js';
 
@@ -147,27 +146,9 @@ async function failureOf(promise: Promise<unknown>): Promise<ToolError | Error &
   throw new Error('expected a failure, but the call succeeded');
 }
 
-interface CliRun {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the command line in-process; stdin is not a terminal. */
-async function runTool(argv: string[]): Promise<CliRun> {
-  let stdout = '';
-  let stderr = '';
-  const stdin = Object.assign(new PassThrough(), { isTTY: false });
-  stdin.end();
-  const code = await runCli(argv, {
-    stdout: { write: (text: string) => (stdout += text) },
-    stderr: { write: (text: string) => (stderr += text) },
-    stdin,
-    env: {},
-    cwd: workDir,
-    colour: false,
-  });
-  return { code, stdout, stderr };
+/** Runs the command line in-process; stdin is not a terminal unless `typed` is given. */
+async function runTool(argv: string[], typed?: string): Promise<CliRun> {
+  return runCliCaptured(argv, { cwd: workDir, typed });
 }
 
 describe('rotate-key', () => {
@@ -283,6 +264,16 @@ describe('rotate-key on the command line', () => {
 
     expect(run.code).toBe(ExitCode.aborted);
     expect(run.stderr).toContain('rotate-key changes the database and needs a confirmation');
+    expect(await storedKeys(coder.client)).toEqual(before);
+  });
+
+  test('declined on a terminal changes nothing', async () => {
+    const before = await storedKeys(coder.client);
+
+    const run = await runTool(['rotate-key', '--database-url', coder.database.url], 'n\n');
+
+    expect(run.code).toBe(ExitCode.aborted);
+    expect(run.stderr).toContain('rows stamped from then on get pseudonyms under a new key');
     expect(await storedKeys(coder.client)).toEqual(before);
   });
 
