@@ -2,17 +2,22 @@
 -- on core sha256() (PostgreSQL 11+), computed as
 --   SHA256((K' XOR opad) || SHA256((K' XOR ipad) || message))
 -- from the two padded keys that the keys table stores with each key, so each
--- call costs two sha256() calls. The message, truncation and UUID bits are
--- those of pseudonym.sql, and both functions return the same pseudonym for the
--- same key, so a database can switch between them and keep every pseudonym.
-CREATE OR REPLACE FUNCTION {{schema}}.pseudonym(id uuid)
+-- call costs two sha256() calls. The key selection by row_time, the message,
+-- the truncation and the UUID bits are those of pseudonym.sql, and both
+-- functions return the same pseudonym for the same key, so a database can
+-- switch between them and keep every pseudonym. VOLATILE for the reason given
+-- in pseudonym.sql: key_id() may create a period's key.
+DROP FUNCTION IF EXISTS {{schema}}.pseudonym(uuid);
+
+CREATE OR REPLACE FUNCTION {{schema}}.pseudonym(id uuid, row_time timestamptz DEFAULT now())
 RETURNS uuid
 LANGUAGE plpgsql
-STABLE STRICT PARALLEL SAFE
+VOLATILE STRICT PARALLEL UNSAFE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $ip_body$
 DECLARE
+  selected_key integer;
   inner_pad bytea;
   outer_pad bytea;
   digest bytea;
@@ -21,7 +26,8 @@ BEGIN
     RETURN id;
   END IF;
 
-  SELECT k.inner_key_pad, k.outer_key_pad INTO inner_pad, outer_pad FROM {{schema}}.keys AS k ORDER BY k.id DESC LIMIT 1;
+  selected_key := {{schema}}.key_id(row_time);
+  SELECT k.inner_key_pad, k.outer_key_pad INTO inner_pad, outer_pad FROM {{schema}}.keys AS k WHERE k.id = selected_key;
   IF inner_pad IS NULL OR outer_pad IS NULL THEN
     RAISE EXCEPTION 'insights-privacy: no pseudonym key in schema %', {{schemaName}}
       USING HINT = 'Run "insights-privacy apply --mode anonymize" to create one.';
@@ -34,4 +40,4 @@ BEGIN
 END
 $ip_body$;
 
-REVOKE ALL ON FUNCTION {{schema}}.pseudonym(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION {{schema}}.pseudonym(uuid, timestamptz) FROM PUBLIC;

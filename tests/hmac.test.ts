@@ -114,10 +114,10 @@ async function status(url: string, ...options: string[]): Promise<{ code: number
   return { code: run.code, report: JSON.parse(run.stdout) as StatusReport };
 }
 
-function agentRows(workspace: FixtureWorkspace, userIds: readonly string[]): AgentStatRow[] {
+function agentRows(workspace: FixtureWorkspace, userIds: readonly string[], createdAt: Date): AgentStatRow[] {
   return userIds.map((userId) => ({
     id: randomUUID(),
-    createdAt: new Date('2024-06-01T00:00:00Z'),
+    createdAt,
     userId,
     agentId: workspace.agentId,
     workspaceId: workspace.id,
@@ -127,9 +127,12 @@ function agentRows(workspace: FixtureWorkspace, userIds: readonly string[]): Age
   }));
 }
 
-/** Writes one agent report per user id through the trigger and returns the stored user ids, in input order. */
-async function writeThroughTrigger(coder: CoderDatabase, userIds: readonly string[]): Promise<string[]> {
-  const rows = agentRows(coder.population.workspaces[0], userIds);
+/**
+ * Writes one agent report per user id through the trigger, stamped
+ * `createdAt`, and returns the stored user ids, in input order.
+ */
+async function writeThroughTrigger(coder: CoderDatabase, userIds: readonly string[], createdAt = new Date('2024-06-01T00:00:00Z')): Promise<string[]> {
+  const rows = agentRows(coder.population.workspaces[0], userIds, createdAt);
   await insertAgentStats(coder.client, coder.columnSet, rows);
   const { rows: stored } = await coder.client.query<{ user_id: string }>(
     `SELECT s.user_id::text AS user_id
@@ -508,7 +511,7 @@ describe('switching implementations', () => {
     const stored = await writeThroughTrigger(coder, ids);
 
     expect(result.outcome).toBe('applied');
-    expect(result.summary).toContain(`HMAC implementation: pgcrypto (schema ${privacySchema}) -> core sha256(); the key stays, so every pseudonym stays the same.`);
+    expect(result.summary).toContain(`HMAC implementation: pgcrypto (schema ${privacySchema}) -> core sha256(); the keys stay, so every pseudonym stays the same.`);
     expect(report.hmac).toBe('core sha256()');
     expect(report.findings).toEqual([]);
     expect(report.keys.map((entry) => entry.fingerprint)).toEqual([fingerprint]);
@@ -526,7 +529,7 @@ describe('switching implementations', () => {
     const stored = await writeThroughTrigger(coder, ids);
 
     expect(result.outcome).toBe('applied');
-    expect(result.summary).toContain(`HMAC implementation: core sha256() -> pgcrypto (schema ${privacySchema}); the key stays, so every pseudonym stays the same.`);
+    expect(result.summary).toContain(`HMAC implementation: core sha256() -> pgcrypto (schema ${privacySchema}); the keys stay, so every pseudonym stays the same.`);
     expect(report.hmac).toBe(`pgcrypto (schema ${privacySchema})`);
     expect(report.findings).toEqual([]);
     expect(report.keys.map((entry) => entry.fingerprint)).toEqual([fingerprint]);
@@ -566,6 +569,36 @@ describe('hmac auto', () => {
     expect(result.hmac).toBe('core');
     expect(await scalar<string>(coder.client, "SELECT extnamespace::regnamespace::text AS value FROM pg_catalog.pg_extension WHERE extname = 'pgcrypto'")).toBe('public');
     expect(await pseudonymsOf(coder.client, [id])).toEqual([nodePseudonym(key, id)]);
+  });
+
+  pgcryptoTest(needsPgcrypto('switch keeps period keys'), async () => {
+    // Under a period policy, key_id() makes each month's key on first use,
+    // with random_key() of the implementation installed at that moment.
+    const months = [new Date('2024-01-15T00:00:00Z'), new Date('2024-02-15T00:00:00Z'), new Date('2024-03-15T00:00:00Z')];
+    const ids = Array.from({ length: 20 }, () => randomUUID());
+    await applyAnonymize(coder.database.url, '--hmac', 'pgcrypto', '--rotate', 'monthly');
+    const january = await writeThroughTrigger(coder, ids, months[0]);
+
+    const result = await applyAnonymize(coder.database.url, '--hmac', 'core', '--rotate', 'monthly');
+    const januaryAgain = await writeThroughTrigger(coder, ids, months[0]);
+    const february = await writeThroughTrigger(coder, ids, months[1]);
+    await applyAnonymize(coder.database.url, '--hmac', 'pgcrypto', '--rotate', 'monthly');
+    const februaryAgain = await writeThroughTrigger(coder, ids, months[1]);
+    const march = await writeThroughTrigger(coder, ids, months[2]);
+
+    const keyOf = (month: Date) =>
+      scalar<Buffer>(coder.client, `SELECT key AS value FROM ${privacySchema}.keys WHERE policy = 'monthly' AND valid_from = date_trunc('month', $1::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'`, [month]);
+    const expected = async (month: Date) => {
+      const key = await keyOf(month);
+      return ids.map((id) => nodePseudonym(key, id));
+    };
+    expect(result.hmac).toBe('core');
+    expect(january).toEqual(await expected(months[0]));
+    expect(januaryAgain).toEqual(january);
+    expect(february).toEqual(await expected(months[1]));
+    expect(februaryAgain).toEqual(february);
+    expect(march).toEqual(await expected(months[2]));
+    expect(new Set([january[0], february[0], march[0]]).size).toBe(3);
   });
 
   pgcryptoTest(needsPgcrypto('upgrade adds padded keys'), async () => {

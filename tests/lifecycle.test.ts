@@ -722,7 +722,7 @@ describe.each(columnSets)('column set %s', (columnSet) => {
       },
       {
         name: 'replaced pseudonym function',
-        sql: `CREATE OR REPLACE FUNCTION insights_privacy.pseudonym(id uuid) RETURNS uuid LANGUAGE sql AS $$ SELECT id $$`,
+        sql: `CREATE OR REPLACE FUNCTION insights_privacy.pseudonym(id uuid, row_time timestamptz DEFAULT now()) RETURNS uuid LANGUAGE sql AS $$ SELECT id $$`,
         object: 'insights_privacy.pseudonym()',
         problem: 'has a body that differs',
       },
@@ -750,7 +750,7 @@ describe.each(columnSets)('column set %s', (columnSet) => {
       },
       {
         name: 'function executable by PUBLIC',
-        sql: 'GRANT EXECUTE ON FUNCTION insights_privacy.pseudonym(uuid) TO PUBLIC',
+        sql: 'GRANT EXECUTE ON FUNCTION insights_privacy.pseudonym(uuid, timestamptz) TO PUBLIC',
         object: 'insights_privacy.pseudonym()',
         problem: 'is executable by PUBLIC',
       },

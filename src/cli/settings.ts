@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { ToolError } from '../core/errors.js';
 import { defaultSchema } from '../core/enforcement.js';
 import type { HmacSetting, Mode } from '../core/enforcement.js';
+import { keyPolicies, type KeyPolicy } from '../core/keys.js';
 import type { Scope } from '../profiles/types.js';
 
 /** Every setting a command can read, after precedence is applied. */
@@ -15,6 +16,8 @@ export interface Settings {
   scope: Scope;
   /** HMAC implementation of anonymize: auto, pgcrypto or core. Default auto. */
   hmac: HmacSetting;
+  /** Rotation policy of the pseudonym key under anonymize. Default `none`. */
+  rotate: KeyPolicy;
   profile: string;
   schema: string;
   /** Maximum wait for one lock, in milliseconds. Default 2000. */
@@ -38,6 +41,7 @@ const environmentNames: Record<keyof Settings, string> = {
   mode: 'INSIGHTS_PRIVACY_MODE',
   scope: 'INSIGHTS_PRIVACY_SCOPE',
   hmac: 'INSIGHTS_PRIVACY_HMAC',
+  rotate: 'INSIGHTS_PRIVACY_ROTATE',
   profile: 'INSIGHTS_PRIVACY_PROFILE',
   schema: 'INSIGHTS_PRIVACY_SCHEMA',
   lockTimeoutMs: 'INSIGHTS_PRIVACY_LOCK_TIMEOUT_MS',
@@ -50,6 +54,7 @@ const flagNames: Record<keyof Settings, string> = {
   mode: '--mode',
   scope: '--scope',
   hmac: '--hmac',
+  rotate: '--rotate',
   profile: '--profile',
   schema: '--schema',
   lockTimeoutMs: '--lock-timeout',
@@ -63,6 +68,7 @@ const configFileSchema = z
     mode: z.enum(modes),
     scope: z.enum(scopes),
     hmac: z.enum(hmacSettings),
+    rotate: z.enum(keyPolicies),
     profile: z.string().min(1),
     schema: z.string().min(1),
     lockTimeoutMs: z.number().int().min(1).max(600000),
@@ -204,6 +210,7 @@ export function resolveSettings(flags: FlagValues, env: NodeJS.ProcessEnv, confi
     mode: choice('mode', modes),
     scope: choice('scope', scopes) ?? 'source',
     hmac: choice('hmac', hmacSettings) ?? 'auto',
+    rotate: choice('rotate', keyPolicies) ?? 'none',
     profile: pick('profile')?.raw ?? 'coder',
     schema: pick('schema')?.raw ?? defaultSchema,
     lockTimeoutMs: integer('lockTimeoutMs', 2000, 1, 600000),

@@ -8,6 +8,7 @@ import { checkPrivileges, validateSchemaName } from '../core/preflight.js';
 import { ident, qualified, type Statement } from '../core/sql.js';
 import { runLocked, type LockPolicy } from '../core/transaction.js';
 import { toolVersion } from '../core/version.js';
+import { periodName, recordedPolicy, type KeyPolicy } from '../core/keys.js';
 import { validateForeignKey } from '../profiles/foreign-keys.js';
 import { getProfile } from '../profiles/index.js';
 import type { Detection, Profile, Scope, UserForeignKey } from '../profiles/types.js';
@@ -19,6 +20,8 @@ export interface ApplySettings {
   readonly scope: Scope;
   /** The tool's private schema. Default `insights_privacy`. */
   readonly schema: string;
+  /** Rotation policy of the pseudonym key under anonymize. Default `none`. */
+  readonly rotate?: KeyPolicy;
   readonly profile: string;
   /**
    * HMAC implementation of anonymize: `pgcrypto`, `core` (sha256(), no
@@ -61,6 +64,7 @@ function isUnchanged(settings: ApplySettings, detection: Detection, installation
   const state = installation.state;
   if (!state || state.mode !== settings.mode || state.profile !== detection.profile || state.toolVersion !== toolVersion) return false;
   if (settings.mode === 'anonymize' && (state.scope !== settings.scope || installation.hmac !== hmac)) return false;
+  if (settings.mode === 'anonymize' && recordedPolicy(state) !== (settings.rotate ?? 'none')) return false;
   return findDrift(detection, installation, settings.schema).every((finding) => finding.severity !== 'error');
 }
 
@@ -93,6 +97,7 @@ function describeChange(settings: ApplySettings, detection: Detection, installat
         : 'Rollup rows that Coder still recomputes (the rollup window) are converted to pseudonyms now; older rows and the raw tables are kept as they are.',
     );
     lines.push('Distinct-user counts over a period that spans this change count each person twice (real id and pseudonym), and per-user insights from before stay visible.');
+    lines.push(...describePolicyChange(installation, settings.rotate ?? 'none'));
   }
   return lines;
 }
@@ -102,9 +107,21 @@ function describeHmacChange(installation: Installation, hmac: HmacImplementation
   const current = installation.hmac;
   if (current && current !== hmac && installation.keys.length > 0) {
     const installed = installation.crypto?.create ? null : installation.crypto;
-    return `HMAC implementation: ${describeHmac(current, installed)} -> ${next}; the key stays, so every pseudonym stays the same.`;
+    return `HMAC implementation: ${describeHmac(current, installed)} -> ${next}; the keys stay, so every pseudonym stays the same.`;
   }
   return `Pseudonyms are computed with HMAC-SHA256 from ${next}.`;
+}
+
+function describePolicyChange(installation: Installation, policy: KeyPolicy): string[] {
+  const current = installation.state?.mode === 'anonymize' ? recordedPolicy(installation.state) : null;
+  const lines = [`Key rotation: ${current === null || current === policy ? policy : `${current} -> ${policy}`}.`];
+  if (policy !== 'none') {
+    lines.push(
+      `Each UTC ${periodName(policy)} gets its own key, made when its first row is written, so a person counted over several periods counts once per period.`,
+    );
+  }
+  if (current !== null && current !== policy) lines.push('Rows written from now on get other pseudonyms than the same people had before, as after a key rotation.');
+  return lines;
 }
 
 async function checkRollupScope(client: pg.ClientBase, profile: Profile, detection: Detection, settings: ApplySettings, installation: Installation): Promise<void> {

@@ -21,6 +21,23 @@ export interface KeyInfo {
   readonly id: number;
   readonly fingerprint: string;
   readonly createdAt: Date;
+  /** The rotation policy that made the key: `none` or a period length. */
+  readonly policy: string;
+  /** Start of the key's period (inclusive); null means open. */
+  readonly validFrom: Date | null;
+  /** End of the key's period (exclusive); null means open. */
+  readonly validUntil: Date | null;
+}
+
+/** A key period whose key forget-keys deleted. */
+export interface ForgottenKey {
+  readonly fingerprint: string;
+  readonly policy: string;
+  readonly validFrom: Date | null;
+  readonly validUntil: Date;
+  readonly createdAt: Date;
+  readonly forgottenAt: Date;
+  readonly forgottenBy: string;
 }
 
 /** The tool's trigger on one table as the catalog has it. */
@@ -63,6 +80,7 @@ export interface Installation {
   readonly schemaPresent: boolean;
   readonly state: RecordedState | null;
   readonly keys: KeyInfo[];
+  readonly forgottenKeys: ForgottenKey[];
   readonly crypto: CryptoLocation | null;
   readonly pgcryptoAvailable: boolean;
   /** The HMAC implementation recorded with anonymize; null unless the recorded mode is anonymize. */
@@ -119,8 +137,42 @@ async function readState(client: pg.ClientBase, schema: string): Promise<Recorde
 
 async function readKeys(client: pg.ClientBase, schema: string): Promise<KeyInfo[]> {
   if (!(await relationExists(client, schema, 'keys'))) return [];
-  const rows = await queryRows<{ id: number; fingerprint: string; created_at: Date }>(client, 'queries/keys.sql', [], { schema: ident(schema) });
-  return rows.map((row) => ({ id: row.id, fingerprint: row.fingerprint, createdAt: row.created_at }));
+  // A key table that an earlier version made gets its period columns at the next apply.
+  const [periods] = await queryRows<{ present: boolean }>(client, 'queries/column-exists.sql', [schema, 'keys', 'valid_from']);
+  const query = periods.present ? 'queries/keys.sql' : 'queries/keys-before-rotation.sql';
+  const rows = await queryRows<{ id: number; fingerprint: string; created_at: Date; policy: string; valid_from: Date | null; valid_until: Date | null }>(client, query, [], {
+    schema: ident(schema),
+  });
+  return rows.map((row) => ({
+    id: row.id,
+    fingerprint: row.fingerprint,
+    createdAt: row.created_at,
+    policy: row.policy,
+    validFrom: row.valid_from,
+    validUntil: row.valid_until,
+  }));
+}
+
+async function readForgottenKeys(client: pg.ClientBase, schema: string): Promise<ForgottenKey[]> {
+  if (!(await relationExists(client, schema, 'forgotten_keys'))) return [];
+  const rows = await queryRows<{
+    fingerprint: string;
+    policy: string;
+    valid_from: Date | null;
+    valid_until: Date;
+    created_at: Date;
+    forgotten_at: Date;
+    forgotten_by: string;
+  }>(client, 'queries/forgotten-keys.sql', [], { schema: ident(schema) });
+  return rows.map((row) => ({
+    fingerprint: row.fingerprint,
+    policy: row.policy,
+    validFrom: row.valid_from,
+    validUntil: row.valid_until,
+    createdAt: row.created_at,
+    forgottenAt: row.forgotten_at,
+    forgottenBy: row.forgotten_by,
+  }));
 }
 
 async function readKeyPadColumns(client: pg.ClientBase, schema: string): Promise<string[]> {
@@ -178,6 +230,7 @@ export async function inspectInstallation(client: pg.ClientBase, detection: Dete
     schemaPresent: present,
     state,
     keys: present ? await readKeys(client, schema) : [],
+    forgottenKeys: present ? await readForgottenKeys(client, schema) : [],
     crypto,
     pgcryptoAvailable: available,
     hmac: recordedHmac(state),
