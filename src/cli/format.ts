@@ -78,11 +78,13 @@ export function formatStatus(report: StatusReport, chalk: ChalkInstance): string
   if (report.keyPolicy) lines.push(`Key rotation: ${report.keyPolicy}`);
   for (const key of report.keys) {
     const period = describePeriod(key.periodStart ? new Date(key.periodStart) : null, key.periodEnd ? new Date(key.periodEnd) : null);
-    lines.push(`Key:          fingerprint ${key.fingerprint}, created ${key.createdAt} (${key.ageDays} days old), ${key.policy} key for ${period}, ${key.state}`);
+    const kind = key.policy === 'none' ? 'key' : `${key.policy} key`;
+    lines.push(`Key:          fingerprint ${key.fingerprint}, created ${key.createdAt} (${key.ageDays} days old), ${kind} for ${period}, ${key.state}`);
   }
   for (const key of report.forgottenKeys) {
     const period = describePeriod(key.periodStart ? new Date(key.periodStart) : null, new Date(key.periodEnd));
-    lines.push(`Forgotten:    fingerprint ${key.fingerprint}, ${key.policy} key for ${period}, deleted ${key.forgottenAt} by ${key.forgottenBy}`);
+    const kind = key.policy === 'none' ? 'key' : `${key.policy} key`;
+    lines.push(`Forgotten:    fingerprint ${key.fingerprint}, ${kind} for ${period}, deleted ${key.forgottenAt} by ${key.forgottenBy}`);
   }
 
   const table = new Table({
