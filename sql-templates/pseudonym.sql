@@ -4,14 +4,22 @@
 -- variant bits set to 10. A pseudonym passes through unchanged, so rows
 -- copied between protected tables are never hashed twice. Without a key the
 -- function raises an error: a failed write is better than a stored real id.
-CREATE OR REPLACE FUNCTION {{schema}}.pseudonym(id uuid)
+-- row_time selects the key (see key-id.sql); the triggers pass the row's own
+-- timestamp. VOLATILE because key_id() may create a period's key, and each
+-- statement of a VOLATILE function sees that new row and keys that
+-- concurrent writers committed. The one-argument form of earlier versions
+-- is dropped so that pseudonym(id) resolves to this function.
+DROP FUNCTION IF EXISTS {{schema}}.pseudonym(uuid);
+
+CREATE OR REPLACE FUNCTION {{schema}}.pseudonym(id uuid, row_time timestamptz DEFAULT now())
 RETURNS uuid
 LANGUAGE plpgsql
-STABLE STRICT PARALLEL SAFE
+VOLATILE STRICT PARALLEL UNSAFE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $ip_body$
 DECLARE
+  selected_key integer;
   secret bytea;
   digest bytea;
 BEGIN
@@ -19,7 +27,8 @@ BEGIN
     RETURN id;
   END IF;
 
-  SELECT k.key INTO secret FROM {{schema}}.keys AS k ORDER BY k.id DESC LIMIT 1;
+  selected_key := {{schema}}.key_id(row_time);
+  SELECT k.key INTO secret FROM {{schema}}.keys AS k WHERE k.id = selected_key;
   IF secret IS NULL THEN
     RAISE EXCEPTION 'insights-privacy: no pseudonym key in schema %', {{schemaName}}
       USING HINT = 'Run "insights-privacy apply --mode anonymize" to create one.';
@@ -32,4 +41,4 @@ BEGIN
 END
 $ip_body$;
 
-REVOKE ALL ON FUNCTION {{schema}}.pseudonym(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION {{schema}}.pseudonym(uuid, timestamptz) FROM PUBLIC;

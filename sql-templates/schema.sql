@@ -18,8 +18,9 @@ CREATE TABLE IF NOT EXISTS {{schema}}.state (
   applied_by text NOT NULL
 );
 
--- One row per key; the newest row is the key in use. Keys are generated
--- here by the server's random source and never leave the database.
+-- One row per key; key_id() picks the key for a row's timestamp. Keys are
+-- generated here by the server's random source and leave the database only
+-- through export-key.
 CREATE TABLE IF NOT EXISTS {{schema}}.keys (
   id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   key bytea NOT NULL CHECK (octet_length(key) = 32),
@@ -29,6 +30,35 @@ CREATE TABLE IF NOT EXISTS {{schema}}.keys (
 
 -- Without this, ANALYZE would copy key values into pg_statistic.
 ALTER TABLE {{schema}}.keys ALTER COLUMN key SET STATISTICS 0;
+
+-- The period of each key: it pseudonymizes the rows whose timestamp lies in
+-- [valid_from, valid_until), and a NULL bound is open. policy is the rotation
+-- policy that created the key: none for keys made by apply and rotate-key, or
+-- a period length (daily, weekly, monthly, yearly). There is no CHECK here on
+-- purpose: a failed constraint prints the whole row, key included, in the
+-- error and the server log.
+ALTER TABLE {{schema}}.keys ADD COLUMN IF NOT EXISTS policy text NOT NULL DEFAULT 'none';
+
+ALTER TABLE {{schema}}.keys ADD COLUMN IF NOT EXISTS valid_from timestamptz;
+
+ALTER TABLE {{schema}}.keys ADD COLUMN IF NOT EXISTS valid_until timestamptz;
+
+-- One key per period: concurrent first writers of a period insert with
+-- ON CONFLICT DO NOTHING against this index and read back the winner.
+CREATE UNIQUE INDEX IF NOT EXISTS keys_policy_valid_from ON {{schema}}.keys (policy, valid_from);
+
+-- Periods whose keys forget-keys deleted. pseudonym() raises an error for
+-- them instead of making a new key, and status lists them. Only the
+-- fingerprint is kept.
+CREATE TABLE IF NOT EXISTS {{schema}}.forgotten_keys (
+  fingerprint text NOT NULL,
+  policy text NOT NULL,
+  valid_from timestamptz,
+  valid_until timestamptz NOT NULL,
+  created_at timestamptz NOT NULL,
+  forgotten_at timestamptz NOT NULL DEFAULT now(),
+  forgotten_by text NOT NULL DEFAULT session_user
+);
 
 -- The position of each table's backfill of rows stored before enforcement:
 -- the primary key of the last row walked, as text in key order. Each batch

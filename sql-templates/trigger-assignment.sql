@@ -1,1 +1,1 @@
-  NEW.{{column}} := {{schema}}.pseudonym(NEW.{{column}});
+  NEW.{{column}} := {{schema}}.pseudonym(NEW.{{column}}, NEW.{{timeColumn}});

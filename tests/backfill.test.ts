@@ -10,7 +10,7 @@ import pg from 'pg';
 import { runCli } from '../src/cli/main.js';
 import { runBackfill, type BackfillCommandResult, type BackfillSettings } from '../src/commands/backfill.js';
 import { readStatus } from '../src/commands/status.js';
-import type { ApplyResult } from '../src/commands/apply.js';
+import { applyEnforcement, type ApplyResult } from '../src/commands/apply.js';
 import { advisoryLockClass } from '../src/core/transaction.js';
 import type { BackfillProgress } from '../src/core/backfill.js';
 import { backfillLockObject } from '../src/core/backfill-progress.js';
@@ -40,7 +40,7 @@ interface SeedSize {
   appStats: number;
 }
 
-const largeSeed: SeedSize = { users: 120, buckets: 500, agentStats: 150_000, appStats: 40_000 };
+const largeSeed: SeedSize = { users: 120, buckets: 420, agentStats: 110_000, appStats: 30_000 };
 const smallSeed: SeedSize = { users: 40, buckets: 400, agentStats: 30_000, appStats: 8_000 };
 
 /** A database with Coder's tables and old rows with real user ids; never connected to while clones are made. */
@@ -230,10 +230,14 @@ async function tableRows(client: pg.ClientBase, table: string, where = 'TRUE'): 
   return rows.map(({ row }) => row).sort();
 }
 
-/** Row count and md5 of the sorted JSON texts of a table's rows; `userMap` names a table (real_id, pseudonym) that replaces user_id. */
+/**
+ * Returns the row count and the md5 of the sorted JSON texts of a table's
+ * rows. `userMap`, a join condition on the temporary table user_pseudonyms
+ * (alias m), replaces each user_id with m.pseudonym.
+ */
 async function tableDigest(client: pg.ClientBase, table: string, where: string, userMap?: string): Promise<{ rows: number; md5: string }> {
   const row = userMap ? "to_jsonb(t) || jsonb_build_object('user_id', m.pseudonym)" : 'to_jsonb(t)';
-  const join = userMap ? `JOIN ${userMap} AS m ON m.real_id = t.user_id` : '';
+  const join = userMap ? `JOIN user_pseudonyms AS m ON ${userMap}` : '';
   const { rows } = await client.query<{ rows: string; md5: string }>(
     `SELECT count(*) AS rows, md5(coalesce(string_agg(r.text, ',' ORDER BY r.text), '')) AS md5
      FROM (SELECT (${row})::text AS text FROM ${table} AS t ${join} WHERE ${where}) AS r`,
@@ -241,22 +245,54 @@ async function tableDigest(client: pg.ClientBase, table: string, where: string, 
   return { rows: Number(rows[0].rows), md5: rows[0].md5 };
 }
 
+/** The column whose time selects a row's key, as the tool's Coder profile uses it. */
+function timeColumn(table: string): string {
+  if (table.startsWith('template_usage_stats')) return 'start_time';
+  return table === 'workspace_agent_stats' ? 'created_at' : 'session_started_at';
+}
+
 /**
  * Checks every old row of the enforced database against the control
  * database: the same rows, with each user id replaced by the pseudonym that
- * Node computes from the key. A value hashed twice, or skipped, differs.
+ * Node computes from the key of the row's time (the one key of policy none,
+ * or each UTC day's key of policy daily). A value hashed twice, hashed with
+ * another period's key, or skipped, differs.
  */
-async function expectDirectPseudonyms(enforced: pg.Client, control: pg.Client, columnSet: ColumnSet, population: Population, range: { to: Date }): Promise<void> {
-  const pseudonym = pseudonymizer(await readNewestKey(enforced));
+async function expectDirectPseudonyms(
+  enforced: pg.Client,
+  control: pg.Client,
+  columnSet: ColumnSet,
+  population: Population,
+  range: { to: Date },
+  policy: 'none' | 'daily' = 'none',
+): Promise<void> {
   const users = population.users.map((user) => user.id);
-  await control.query('CREATE TEMPORARY TABLE IF NOT EXISTS user_pseudonyms (real_id uuid PRIMARY KEY, pseudonym uuid NOT NULL)');
+  const entries: { user: string; day: string | null; pseudonym: string }[] = [];
+  if (policy === 'none') {
+    const pseudonym = pseudonymizer(await readNewestKey(enforced));
+    for (const user of users) entries.push({ user, day: null, pseudonym: pseudonym(user) });
+  } else {
+    const { rows } = await enforced.query<{ day: string; key: Buffer }>(
+      `SELECT to_char(valid_from AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, key FROM ${privacySchema}.keys WHERE policy = 'daily'`,
+    );
+    for (const { day, key } of rows) {
+      const pseudonym = pseudonymizer(key);
+      for (const user of users) entries.push({ user, day, pseudonym: pseudonym(user) });
+    }
+  }
+  await control.query('CREATE TEMPORARY TABLE IF NOT EXISTS user_pseudonyms (real_id uuid NOT NULL, day date, pseudonym uuid NOT NULL)');
   await control.query('TRUNCATE user_pseudonyms');
-  await control.query('INSERT INTO user_pseudonyms SELECT * FROM unnest($1::uuid[], $2::uuid[])', [users, users.map(pseudonym)]);
+  await control.query('INSERT INTO user_pseudonyms SELECT * FROM unnest($1::uuid[], $2::date[], $3::uuid[])', [
+    entries.map((entry) => entry.user),
+    entries.map((entry) => entry.day),
+    entries.map((entry) => entry.pseudonym),
+  ]);
 
   const before = `'${range.to.toISOString()}'`;
   for (const table of usageTables(columnSet)) {
-    const time = table.startsWith('template_usage_stats') ? 'start_time' : table === 'workspace_agent_stats' ? 'created_at' : 'session_started_at';
-    const expected = await tableDigest(control, table, `t.${time} < ${before}`, 'user_pseudonyms');
+    const time = timeColumn(table);
+    const userMap = `m.real_id = t.user_id AND (m.day IS NULL OR m.day = (t.${time} AT TIME ZONE 'UTC')::date)`;
+    const expected = await tableDigest(control, table, `t.${time} < ${before}`, userMap);
     const actual = await tableDigest(enforced, table, `t.${time} < ${before}`);
     expect({ table, ...actual }).toEqual({ table, ...expected });
   }
@@ -597,6 +633,35 @@ describe('interrupted runs', () => {
     expect(resumed.tables.map((table) => table.outcome)).toEqual(['already finished', 'finished', 'finished']);
     await expectNoRealIds(observer, '2025');
     await expectEveryRowOnce(observer, realBefore);
+  });
+});
+
+describe('key periods', () => {
+  test('rows get their day key', async () => {
+    const seed = await seedFor('2026', smallSeed);
+    const database = await cloneDatabase(seed.database, 'backfill_daily');
+    const client = await connect(database);
+    await applyEnforcement(client, { mode: 'anonymize', scope: 'source', rotate: 'daily', schema: privacySchema, profile: 'coder', dryRun: false, lock: { lockTimeoutMs: 2000, retries: 5 } });
+
+    const result = await runBackfill(client, backfillSettings('pseudonymize'));
+
+    expect(result.outcome).toBe('finished');
+    const days = Math.ceil((seed.range.to.getTime() - seed.range.from.getTime()) / (24 * 3600_000));
+    expect(await count(client, `SELECT count(*) AS value FROM ${privacySchema}.keys WHERE policy = 'daily'`)).toBeGreaterThanOrEqual(days);
+    await expectNoRealIds(client, '2026');
+    const control = await connect(seed.database);
+    try {
+      await expectDirectPseudonyms(client, control, '2026', seed.population, seed.range, 'daily');
+
+      // A person counts once per key period, so active users match within one
+      // UTC day; minutes match over the whole range.
+      const day = new Date(Math.ceil(seed.range.from.getTime() / (24 * 3600_000)) * 24 * 3600_000);
+      await expectAggregatesEqual(client, control, '2026', { from: day, to: new Date(day.getTime() + 24 * 3600_000) });
+      const minutes = async (source: pg.Client) => (await readInsights(source, '2026', seed.range)).templates.map((template) => template.usageMinutes);
+      expect(await minutes(client)).toEqual(await minutes(control));
+    } finally {
+      await close(control);
+    }
   });
 });
 

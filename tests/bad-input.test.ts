@@ -1,51 +1,18 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import pg from 'pg';
-import { runCli } from '../src/cli/main.js';
 import { ExitCode } from '../src/core/errors.js';
 import { createCoderDatabase, createLoginRole, grantOnUsageTables, type CoderDatabase, type TestRole } from './support/coder.js';
 import { createTestDatabase, type TestDatabase } from './support/database.js';
+import { runCliCaptured, type CliRun, closedPort } from './support/cli.js';
 
 const { escapeIdentifier } = pg;
 
-/** Output and exit code of one in-process run of the command line. */
-interface CliRun {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
-/** Runs the command line in-process with captured output, an explicit environment and no terminal on stdin. */
-async function runTool(argv: string[], env: NodeJS.ProcessEnv, cwd: string): Promise<CliRun> {
-  let stdout = '';
-  let stderr = '';
-  const stdin = Object.assign(new PassThrough(), { isTTY: false });
-  const code = await runCli(argv, {
-    stdout: { write: (text: string) => (stdout += text) },
-    stderr: { write: (text: string) => (stderr += text) },
-    stdin,
-    env,
-    cwd,
-    colour: false,
-  });
-  return { code, stdout, stderr };
-}
+/** Runs the command line in-process with an explicit environment and no terminal on stdin. */
+const runTool = (argv: string[], env: NodeJS.ProcessEnv, cwd: string): Promise<CliRun> => runCliCaptured(argv, { env, cwd });
 
-/** Finds a loopback port with nothing listening on it, by binding a socket and closing it again. */
-async function closedPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 // Everything apply could touch, as one JSON text: schemas, extensions,
 // triggers, constraints of public tables and functions outside the system

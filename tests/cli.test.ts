@@ -1,16 +1,14 @@
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { runCli } from '../src/cli/main.js';
 import type { StatusReport } from '../src/commands/status.js';
 import { ExitCode } from '../src/core/errors.js';
 import { createCoderDatabase, type CoderDatabase } from './support/coder.js';
+import { runCliCaptured, type CliRun, closedPort, type CliRunOptions } from './support/cli.js';
 
 const repositoryRoot = fileURLToPath(new URL('..', import.meta.url));
 const binaryPath = join(repositoryRoot, 'bin', 'insights-privacy.js');
@@ -18,18 +16,6 @@ const packageVersion = (JSON.parse(readFileSync(join(repositoryRoot, 'package.js
 const ansiEscape = '\u001b[';
 
 /** Output and exit code of one run of the command line. */
-interface CliRun {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-interface RunOptions {
-  env?: NodeJS.ProcessEnv;
-  /** Text typed on a terminal. Without it, stdin is not a terminal. */
-  typed?: string;
-  colour?: boolean;
-}
 
 let workDir: string;
 
@@ -41,22 +27,8 @@ afterAll(async () => {
   if (workDir) await rm(workDir, { recursive: true, force: true });
 });
 
-/** Runs the command line in-process with captured output and an explicit environment. */
-async function runTool(argv: string[], options: RunOptions = {}): Promise<CliRun> {
-  let stdout = '';
-  let stderr = '';
-  const stdin = Object.assign(new PassThrough(), { isTTY: options.typed !== undefined });
-  if (options.typed !== undefined) stdin.end(options.typed);
-  const code = await runCli(argv, {
-    stdout: { write: (text: string) => (stdout += text) },
-    stderr: { write: (text: string) => (stderr += text) },
-    stdin,
-    env: options.env ?? {},
-    cwd: workDir,
-    colour: options.colour ?? false,
-  });
-  return { code, stdout, stderr };
-}
+/** Runs the command line in-process with an explicit environment. */
+const runTool = (argv: string[], options: Omit<CliRunOptions, 'cwd'> = {}): Promise<CliRun> => runCliCaptured(argv, { ...options, cwd: workDir });
 
 /**
  * Runs the built binary with `node` and an explicit environment, so that a
@@ -81,18 +53,6 @@ async function runBinary(args: string[], env: NodeJS.ProcessEnv = {}): Promise<C
   });
 }
 
-/** Finds a loopback port with nothing listening on it, by binding a socket and closing it again. */
-async function closedPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 describe('usage', () => {
   test('--help', async () => {

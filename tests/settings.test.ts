@@ -1,49 +1,16 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import type pg from 'pg';
-import { runCli } from '../src/cli/main.js';
 import { loadConfig, resolveSettings, type FlagValues, type LoadedConfig, type Settings } from '../src/cli/settings.js';
 import { ExitCode, ToolError } from '../src/core/errors.js';
 import { createCoderDatabase, type CoderDatabase } from './support/coder.js';
+import { runCliCaptured, type CliRun, closedPort } from './support/cli.js';
 
-/** Output and exit code of one in-process run of the command line. */
-interface CliRun {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
-/** Runs the command line in-process with captured output, an explicit environment and no terminal on stdin. */
-async function runTool(argv: string[], env: NodeJS.ProcessEnv, cwd: string): Promise<CliRun> {
-  let stdout = '';
-  let stderr = '';
-  const stdin = Object.assign(new PassThrough(), { isTTY: false });
-  const code = await runCli(argv, {
-    stdout: { write: (text: string) => (stdout += text) },
-    stderr: { write: (text: string) => (stderr += text) },
-    stdin,
-    env,
-    cwd,
-    colour: false,
-  });
-  return { code, stdout, stderr };
-}
+/** Runs the command line in-process with an explicit environment and no terminal on stdin. */
+const runTool = (argv: string[], env: NodeJS.ProcessEnv, cwd: string): Promise<CliRun> => runCliCaptured(argv, { env, cwd });
 
-/** Finds a loopback port with nothing listening on it, by binding a socket and closing it again. */
-async function closedPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** Returns the ToolError that `action` throws, or fails the test. */
 async function toolErrorOf(action: () => unknown): Promise<ToolError> {
@@ -83,6 +50,7 @@ describe('resolveSettings', () => {
     expect(settings.databaseUrl).toBeUndefined();
     expect(settings.mode).toBeUndefined();
     expect(settings.scope).toBe('source');
+    expect(settings.hmac).toBe('auto');
     expect(settings.profile).toBe('coder');
     expect(settings.schema).toBe('insights_privacy');
     expect(settings.lockTimeoutMs).toBe(2000);
@@ -103,6 +71,7 @@ describe('resolveSettings', () => {
   }[] = [
     { key: 'mode', variable: 'INSIGHTS_PRIVACY_MODE', flag: 'disable', env: 'off', file: 'anonymize', fallback: undefined, expected: { flag: 'disable', env: 'off', file: 'anonymize' } },
     { key: 'scope', variable: 'INSIGHTS_PRIVACY_SCOPE', flag: 'source', env: 'rollup', file: 'source', fallback: 'source', expected: { flag: 'source', env: 'rollup', file: 'source' } },
+    { key: 'hmac', variable: 'INSIGHTS_PRIVACY_HMAC', flag: 'core', env: 'pgcrypto', file: 'core', fallback: 'auto', expected: { flag: 'core', env: 'pgcrypto', file: 'core' } },
     { key: 'schema', variable: 'INSIGHTS_PRIVACY_SCHEMA', flag: 'from_flag', env: 'from_env', file: 'from_file', fallback: 'insights_privacy', expected: { flag: 'from_flag', env: 'from_env', file: 'from_file' } },
     { key: 'profile', variable: 'INSIGHTS_PRIVACY_PROFILE', flag: 'flag_profile', env: 'env_profile', file: 'file_profile', fallback: 'coder', expected: { flag: 'flag_profile', env: 'env_profile', file: 'file_profile' } },
     { key: 'lockTimeoutMs', variable: 'INSIGHTS_PRIVACY_LOCK_TIMEOUT_MS', flag: '100', env: '200', file: 300, fallback: 2000, expected: { flag: 100, env: 200, file: 300 } },

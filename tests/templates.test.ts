@@ -18,7 +18,8 @@ const appStats: UsageTable = {
   owner: 'coder',
   role: 'raw',
   userColumns: ['user_id'],
-  columns: ['id', 'user_id', 'workspace_id'],
+  timeColumn: 'session_started_at',
+  columns: ['id', 'user_id', 'workspace_id', 'session_started_at'],
 };
 
 /** Returns the error that `action` throws, or fails the test. */
@@ -87,7 +88,7 @@ describe('renderTemplate', () => {
     const expected = triggerFunction('insights_privacy', appStats, 'anonymize');
 
     expect(expected.name).toBe('enforce_workspace_app_stats');
-    expect(expected.body).toBe('\nBEGIN\n  NEW."user_id" := "insights_privacy".pseudonym(NEW."user_id");\n  RETURN NEW;\nEND\n');
+    expect(expected.body).toBe('\nBEGIN\n  NEW."user_id" := "insights_privacy".pseudonym(NEW."user_id", NEW."session_started_at");\n  RETURN NEW;\nEND\n');
     expect(expected.statements.map((statement) => statement.sql)).toEqual([
       [
         'CREATE OR REPLACE FUNCTION "insights_privacy"."enforce_workspace_app_stats"()',
@@ -97,7 +98,7 @@ describe('renderTemplate', () => {
         'SET search_path = pg_catalog, pg_temp',
         'AS $ip_body$',
         'BEGIN',
-        '  NEW."user_id" := "insights_privacy".pseudonym(NEW."user_id");',
+        '  NEW."user_id" := "insights_privacy".pseudonym(NEW."user_id", NEW."session_started_at");',
         '  RETURN NEW;',
         'END',
         '$ip_body$;',

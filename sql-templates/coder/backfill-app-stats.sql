@@ -7,7 +7,7 @@
 -- deleted. Every other session gets its pseudonym in place.
 WITH candidates AS MATERIALIZED (
   SELECT t.id,
-         {{schema}}.pseudonym(t.user_id) AS pseudonym,
+         {{schema}}.pseudonym(t.user_id, t.{{timeColumn}}) AS pseudonym,
          t.agent_id,
          t.session_id,
          t.session_started_at,

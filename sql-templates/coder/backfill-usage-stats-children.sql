@@ -5,7 +5,7 @@
 -- of its parent, and any other is copied. Then the raw child rows are
 -- deleted.
 WITH raw AS MATERIALIZED (
-  SELECT c.*, {{schema}}.pseudonym(c.{{userColumn}}) AS pseudonym
+  SELECT c.*, {{schema}}.pseudonym(c.{{userColumn}}, c.{{timeColumn}}) AS pseudonym
   FROM {{child}} AS c
   JOIN {{parent}} AS t ON {{parentJoin}}
   WHERE {{range}}

@@ -13,7 +13,7 @@
 -- usage minutes (merge-latency.sql). Other columns keep the values of the
 -- pseudonymized row.
 WITH raw AS MATERIALIZED (
-  SELECT t.*, {{schema}}.pseudonym(t.{{userColumn}}) AS pseudonym
+  SELECT t.*, {{schema}}.pseudonym(t.{{userColumn}}, t.{{timeColumn}}) AS pseudonym
   FROM {{table}} AS t
   WHERE {{range}}
     AND NOT {{schema}}.is_pseudonym(t.{{userColumn}})

@@ -6,7 +6,7 @@
 -- collector reports running totals. The raw row is then deleted.
 WITH candidates AS (
   SELECT s.id,
-         {{schema}}.pseudonym(s.user_id) AS pseudonym,
+         {{schema}}.pseudonym(s.user_id, s.{{timeColumn}}) AS pseudonym,
          s.agent_id,
          s.session_id,
          s.session_started_at,

@@ -5,6 +5,7 @@ import type { BackfillCommandResult } from '../commands/backfill.js';
 import type { TableBackfill } from '../core/backfill.js';
 import type { BackfillStatus, StatusReport, TableStatus } from '../commands/status.js';
 import type { Statement } from '../core/sql.js';
+import { describePeriod } from '../core/keys.js';
 import { advisoryLockClass, advisoryLockObject } from '../core/transaction.js';
 
 /**
@@ -111,7 +112,17 @@ export function formatStatus(report: StatusReport, chalk: ChalkInstance): string
   lines.push(`Mode:         ${chalk.bold(report.mode)}${scope}${report.appliedAt ? `, applied ${report.appliedAt} by ${report.appliedBy} with insights-privacy ${report.appliedWithVersion}` : ''}`);
   lines.push(`Schema:       ${report.schema}`);
   lines.push(`HMAC:         ${report.hmac ?? 'none'}`);
-  for (const key of report.keys) lines.push(`Key:          fingerprint ${key.fingerprint}, created ${key.createdAt} (${key.ageDays} days old)`);
+  if (report.keyPolicy) lines.push(`Key rotation: ${report.keyPolicy}`);
+  for (const key of report.keys) {
+    const period = describePeriod(key.periodStart ? new Date(key.periodStart) : null, key.periodEnd ? new Date(key.periodEnd) : null);
+    const kind = key.policy === 'none' ? 'key' : `${key.policy} key`;
+    lines.push(`Key:          fingerprint ${key.fingerprint}, created ${key.createdAt} (${key.ageDays} days old), ${kind} for ${period}, ${key.state}`);
+  }
+  for (const key of report.forgottenKeys) {
+    const period = describePeriod(key.periodStart ? new Date(key.periodStart) : null, new Date(key.periodEnd));
+    const kind = key.policy === 'none' ? 'key' : `${key.policy} key`;
+    lines.push(`Forgotten:    fingerprint ${key.fingerprint}, ${kind} for ${period}, deleted ${key.forgottenAt} by ${key.forgottenBy}`);
+  }
 
   const table = new Table({
     head: ['table', 'protected', 'trigger', 'ALWAYS', 'function', 'identifiable rows', 'pseudonymized', 'total'],

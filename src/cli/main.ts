@@ -6,6 +6,7 @@ import { withClient } from '../core/connection.js';
 import { ExitCode, ToolError } from '../core/errors.js';
 import { toolVersion } from '../core/version.js';
 import { formatApply, formatBackfill, formatStatements, formatStatus } from './format.js';
+import { addKeyCommands } from './key-commands.js';
 import { askYesNo, paint, processIo, type CliIo } from './io.js';
 import { progressDisplay, type ProgressDisplay } from './progress.js';
 import { loadConfig, resolveSettings, type FlagValues, type Settings } from './settings.js';
@@ -45,6 +46,8 @@ async function settingsFor(io: CliIo, flags: CommonFlags & FlagValues & Record<s
     schema: flags.schema,
     mode: flags.mode as string | undefined,
     scope: flags.scope as string | undefined,
+    hmac: flags.hmac as string | undefined,
+    rotate: flags.rotate as string | undefined,
     lockTimeoutMs: flags.lockTimeout as string | undefined,
     lockRetries: flags.lockRetries as string | undefined,
     connectTimeoutSeconds: flags.connectTimeout,
@@ -54,14 +57,14 @@ async function settingsFor(io: CliIo, flags: CommonFlags & FlagValues & Record<s
   return { ...resolveSettings(values, io.env, config), env: io.env };
 }
 
-async function confirmWith(io: CliIo, summary: string[], command: 'apply' | 'backfill' = 'apply'): Promise<boolean> {
+async function confirmWith(io: CliIo, summary: string[], command = 'apply', question = 'Apply these changes?'): Promise<boolean> {
   if (!io.stdin.isTTY) {
     throw new ToolError('ABORTED', `${command} changes the database and needs a confirmation, but standard input is not a terminal; nothing was changed.`, {
       fix: command === 'apply' ? 'Pass --yes to confirm in scripts and pipelines, or --dry-run to see the SQL.' : 'Pass --yes to confirm in scripts and pipelines.',
     });
   }
   io.stderr.write(`${summary.map((line) => `  ${line}`).join('\n')}\n`);
-  return askYesNo(io, command === 'apply' ? 'Apply these changes?' : 'Run this backfill?');
+  return askYesNo(io, question);
 }
 
 /**
@@ -105,6 +108,8 @@ async function runApply(io: CliIo, flags: CommonFlags & Record<string, unknown>)
       applyEnforcement(client, {
         mode,
         scope: settings.scope,
+        hmac: settings.hmac,
+        rotate: settings.rotate,
         schema: settings.schema,
         profile: settings.profile,
         dryRun: Boolean(flags.dryRun),
@@ -161,7 +166,7 @@ async function runBackfillCommand(io: CliIo, flags: CommonFlags & Record<string,
         profile: settings.profile,
         batchSize: settings.batchSize,
         lock: lockPolicy(io, settings),
-        confirm: flags.yes ? undefined : (summary) => confirmWith(io, summary, 'backfill'),
+        confirm: flags.yes ? undefined : (summary) => confirmWith(io, summary, 'backfill', 'Run this backfill?'),
         signal: interrupt.signal,
         onProgress: (progress) => display.update(progress),
       }),
@@ -200,6 +205,8 @@ function buildProgram(io: CliIo, run: (handler: () => Promise<number>) => void):
     .description('install, switch or remove enforcement, in one transaction')
     .addOption(new Option('--mode <mode>', 'anonymize, disable or off (env INSIGHTS_PRIVACY_MODE)'))
     .option('--scope <scope>', 'anonymize scope: source (all usage tables, default) or rollup (template_usage_stats only)')
+    .option('--hmac <implementation>', "anonymize's HMAC-SHA256: auto (pgcrypto when the server offers it, else core), pgcrypto, or core (sha256(), no extension) (env INSIGHTS_PRIVACY_HMAC; default: auto)")
+    .option('--rotate <policy>', 'key rotation: none (one key until rotate-key, default), daily, weekly, monthly or yearly (a key per UTC period; env INSIGHTS_PRIVACY_ROTATE)')
     .option('--dry-run', 'print the SQL and change nothing')
     .option('-y, --yes', 'apply without asking for confirmation')
     .option('--json', 'print the result as JSON')
@@ -254,6 +261,8 @@ Examples:
   insights-privacy status --json`,
     )
     .action((flags) => run(() => runStatus(io, flags)));
+
+  addKeyCommands(program, { io, run, addCommonOptions, settingsFor, confirmWith });
 
   program
     .command('demo')

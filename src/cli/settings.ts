@@ -5,7 +5,8 @@ import { z } from 'zod';
 import { defaultBatchSize, existingRowsChoices, type ExistingRows } from '../core/backfill.js';
 import { ToolError } from '../core/errors.js';
 import { defaultSchema } from '../core/enforcement.js';
-import type { Mode } from '../core/enforcement.js';
+import type { HmacSetting, Mode } from '../core/enforcement.js';
+import { keyPolicies, type KeyPolicy } from '../core/keys.js';
 import type { Scope } from '../profiles/types.js';
 
 /** Every setting a command can read, after precedence is applied. */
@@ -14,6 +15,10 @@ export interface Settings {
   databaseUrl: string | undefined;
   mode: Mode | undefined;
   scope: Scope;
+  /** HMAC implementation of anonymize: auto, pgcrypto or core. Default auto. */
+  hmac: HmacSetting;
+  /** Rotation policy of the pseudonym key under anonymize. Default `none`. */
+  rotate: KeyPolicy;
   profile: string;
   schema: string;
   /** Maximum wait for one lock, in milliseconds. Default 2000. */
@@ -35,12 +40,15 @@ const modes = ['anonymize', 'disable', 'off'] as const;
 /** Largest backfill batch, so that a mistyped size cannot turn the backfill into one long transaction. */
 const maxBatchSize = 100000;
 const scopes = ['source', 'rollup'] as const;
+const hmacSettings = ['auto', 'pgcrypto', 'core'] as const;
 
 /** Keys of the config file, each with the environment variable that overrides it. */
 const environmentNames: Record<keyof Settings, string> = {
   databaseUrl: 'INSIGHTS_PRIVACY_DATABASE_URL',
   mode: 'INSIGHTS_PRIVACY_MODE',
   scope: 'INSIGHTS_PRIVACY_SCOPE',
+  hmac: 'INSIGHTS_PRIVACY_HMAC',
+  rotate: 'INSIGHTS_PRIVACY_ROTATE',
   profile: 'INSIGHTS_PRIVACY_PROFILE',
   schema: 'INSIGHTS_PRIVACY_SCHEMA',
   lockTimeoutMs: 'INSIGHTS_PRIVACY_LOCK_TIMEOUT_MS',
@@ -54,6 +62,8 @@ const flagNames: Record<keyof Settings, string> = {
   databaseUrl: '--database-url',
   mode: '--mode',
   scope: '--scope',
+  hmac: '--hmac',
+  rotate: '--rotate',
   profile: '--profile',
   schema: '--schema',
   lockTimeoutMs: '--lock-timeout',
@@ -68,6 +78,8 @@ const configFileSchema = z
     databaseUrl: z.string().min(1),
     mode: z.enum(modes),
     scope: z.enum(scopes),
+    hmac: z.enum(hmacSettings),
+    rotate: z.enum(keyPolicies),
     profile: z.string().min(1),
     schema: z.string().min(1),
     lockTimeoutMs: z.number().int().min(1).max(600000),
@@ -210,6 +222,8 @@ export function resolveSettings(flags: FlagValues, env: NodeJS.ProcessEnv, confi
     databaseUrl: pick('databaseUrl')?.raw,
     mode: choice('mode', modes),
     scope: choice('scope', scopes) ?? 'source',
+    hmac: choice('hmac', hmacSettings) ?? 'auto',
+    rotate: choice('rotate', keyPolicies) ?? 'none',
     profile: pick('profile')?.raw ?? 'coder',
     schema: pick('schema')?.raw ?? defaultSchema,
     lockTimeoutMs: integer('lockTimeoutMs', 2000, 1, 600000),

@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { defaultBatchSize, type BackfillProgress, type ExistingRows } from '../core/backfill.js';
 import { progressTableExists } from '../core/backfill-progress.js';
 import { ToolError } from '../core/errors.js';
-import { planApply, protectedTables, replacesForeignKeys, type Mode } from '../core/enforcement.js';
+import { describeHmac, planApply, protectedTables, replacesForeignKeys, type HmacImplementation, type HmacSetting, type Mode } from '../core/enforcement.js';
 import { execute, queryRows } from '../core/execute.js';
 import { findDrift } from '../core/findings.js';
 import { currentDatabase, inspectInstallation, type Installation } from '../core/inspect.js';
@@ -10,6 +10,7 @@ import { checkPrivileges, validateSchemaName } from '../core/preflight.js';
 import { ident, qualified, type Statement } from '../core/sql.js';
 import { runLocked, type LockPolicy } from '../core/transaction.js';
 import { toolVersion } from '../core/version.js';
+import { periodName, recordedPolicy, type KeyPolicy } from '../core/keys.js';
 import { validateForeignKey } from '../profiles/foreign-keys.js';
 import { getProfile } from '../profiles/index.js';
 import type { Detection, Profile, Scope, UsageTable, UserForeignKey } from '../profiles/types.js';
@@ -22,7 +23,15 @@ export interface ApplySettings {
   readonly scope: Scope;
   /** The tool's private schema. Default `insights_privacy`. */
   readonly schema: string;
+  /** Rotation policy of the pseudonym key under anonymize. Default `none`. */
+  readonly rotate?: KeyPolicy;
   readonly profile: string;
+  /**
+   * HMAC implementation of anonymize: `pgcrypto`, `core` (sha256(), no
+   * extension), or `auto` for pgcrypto when the server offers it and core
+   * otherwise. Ignored by other modes. Default `auto`.
+   */
+  readonly hmac?: HmacSetting;
   /** Build and return the statements without running them. */
   readonly dryRun: boolean;
   readonly lock: LockPolicy;
@@ -49,6 +58,8 @@ export interface ApplyResult {
   readonly outcome: 'applied' | 'unchanged' | 'dry-run';
   readonly mode: Mode;
   readonly scope: Scope | null;
+  /** The HMAC implementation that anonymize uses; null for other modes. */
+  readonly hmac: HmacImplementation | null;
   readonly schema: string;
   readonly database: string;
   /** The detected application, for example "Coder (2026 column set)". */
@@ -62,19 +73,26 @@ export interface ApplyResult {
   readonly backfill: BackfillCommandResult | null;
 }
 
-function isUnchanged(settings: ApplySettings, detection: Detection, installation: Installation, progressTable: boolean): boolean {
+function isUnchanged(settings: ApplySettings, detection: Detection, installation: Installation, hmac: HmacImplementation | null, progressTable: boolean): boolean {
   if (settings.mode === 'off') {
     const leftovers = [...installation.triggers.values()].some(Boolean) || detection.userForeignKeys.some((state) => state.placeholder && !state.foreignKey);
     return !installation.schemaPresent && !leftovers;
   }
   const state = installation.state;
   if (!state || state.mode !== settings.mode || state.profile !== detection.profile || state.toolVersion !== toolVersion) return false;
-  if (settings.mode === 'anonymize' && state.scope !== settings.scope) return false;
+  if (settings.mode === 'anonymize' && (state.scope !== settings.scope || installation.hmac !== hmac)) return false;
+  if (settings.mode === 'anonymize' && recordedPolicy(state) !== (settings.rotate ?? 'none')) return false;
   if (!progressTable) return false;
   return findDrift(detection, installation, settings.schema).every((finding) => finding.severity !== 'error');
 }
 
-function describeChange(settings: ApplySettings, detection: Detection, installation: Installation, realIds: ReadonlyMap<UsageTable, number>): string[] {
+function describeChange(
+  settings: ApplySettings,
+  detection: Detection,
+  installation: Installation,
+  hmac: HmacImplementation | null,
+  realIds: ReadonlyMap<UsageTable, number>,
+): string[] {
   const lines: string[] = [];
   const scope = settings.mode === 'anonymize' ? ` (scope ${settings.scope})` : '';
   const current = installation.state ? `${installation.state.mode}${installation.state.mode === 'anonymize' ? ` (scope ${installation.state.scope})` : ''}` : 'off';
@@ -82,6 +100,7 @@ function describeChange(settings: ApplySettings, detection: Detection, installat
 
   const tables = protectedTables(detection, settings.mode, settings.scope).map((table) => table.name);
   if (settings.mode === 'anonymize') lines.push(`New rows get pseudonymous user ids in: ${tables.join(', ')}.`);
+  if (hmac) lines.push(describeHmacChange(installation, hmac));
   if (settings.mode === 'disable') lines.push(`New rows are dropped before they are stored in: ${tables.join(', ')}.`);
   if (settings.mode === 'off') lines.push('All triggers, functions, keys and the private schema are removed; stored rows stay as they are.');
   if (settings.mode === 'off' && installation.keys.length > 0) lines.push('The pseudonym key is deleted: stored pseudonyms can no longer be linked to new ones.');
@@ -101,8 +120,31 @@ function describeChange(settings: ApplySettings, detection: Detection, installat
         ? 'Rows that Coder still recomputes or upserts (the rollup window, app sessions of the last hour) are converted to pseudonyms in the same transaction.'
         : 'Rollup rows that Coder still recomputes (the rollup window) are converted to pseudonyms in the same transaction; the raw tables keep their rows as they are.',
     );
+    lines.push(...describePolicyChange(installation, settings.rotate ?? 'none'));
   }
   lines.push(...describeExistingRows(settings.existing ?? 'keep', settings.mode, settings.scope, realIds, settings.batchSize ?? defaultBatchSize, 'apply'));
+  return lines;
+}
+
+function describeHmacChange(installation: Installation, hmac: HmacImplementation): string {
+  const next = describeHmac(hmac, installation.crypto);
+  const current = installation.hmac;
+  if (current && current !== hmac && installation.keys.length > 0) {
+    const installed = installation.crypto?.create ? null : installation.crypto;
+    return `HMAC implementation: ${describeHmac(current, installed)} -> ${next}; the keys stay, so every pseudonym stays the same.`;
+  }
+  return `Pseudonyms are computed with HMAC-SHA256 from ${next}.`;
+}
+
+function describePolicyChange(installation: Installation, policy: KeyPolicy): string[] {
+  const current = installation.state?.mode === 'anonymize' ? recordedPolicy(installation.state) : null;
+  const lines = [`Key rotation: ${current === null || current === policy ? policy : `${current} -> ${policy}`}.`];
+  if (policy !== 'none') {
+    lines.push(
+      `Each UTC ${periodName(policy)} gets its own key, made when its first row is written, so a person counted over several periods counts once per period.`,
+    );
+  }
+  if (current !== null && current !== policy) lines.push('Rows written from now on get other pseudonyms than the same people had before, as after a key rotation.');
   return lines;
 }
 
@@ -136,19 +178,25 @@ async function prepare(client: pg.ClientBase, settings: ApplySettings) {
     }
   }
 
-  if (settings.mode === 'anonymize' && !installation.crypto) {
-    throw new ToolError('MISSING_EXTENSION', 'The pgcrypto extension is neither installed in this database nor available on the server.', {
-      fix: 'Install the PostgreSQL contrib package on the server (pgcrypto ships with it), or ask the provider to allow pgcrypto.',
-    });
-  }
-  return { profile, detection, installation };
+  const hmac = settings.mode === 'anonymize' ? chooseHmac(settings.hmac ?? 'auto', installation) : null;
+  return { profile, detection, installation, hmac };
+}
+
+/** Picks the HMAC implementation of anonymize: `auto` takes pgcrypto when it is installed or available, else core. */
+function chooseHmac(setting: HmacSetting, installation: Installation): HmacImplementation {
+  if (setting === 'core') return 'core';
+  if (installation.crypto) return 'pgcrypto';
+  if (setting === 'auto') return 'core';
+  throw new ToolError('MISSING_EXTENSION', 'The hmac setting is pgcrypto, but the pgcrypto extension is neither installed in this database nor available on the server.', {
+    fix: 'Install the PostgreSQL contrib package on the server (pgcrypto ships with it) or ask the provider to allow pgcrypto; or pass --hmac core (or auto), which computes the same pseudonyms with core sha256().',
+  });
 }
 
 async function plan(client: pg.ClientBase, settings: ApplySettings) {
-  const { profile, detection, installation } = await prepare(client, settings);
-  const statements = planApply(detection, settings, { profile, crypto: installation.crypto, recordedOptions: {} });
+  const { profile, detection, installation, hmac } = await prepare(client, settings);
+  const statements = planApply(detection, settings, { profile, crypto: installation.crypto, hmac, recordedOptions: {} });
   const progressTable = await progressTableExists(client, settings.schema);
-  return { profile, detection, installation, statements, progressTable };
+  return { profile, detection, installation, hmac, statements, progressTable };
 }
 
 async function validateRestoredKeys(client: pg.ClientBase, restored: UserForeignKey[], detection: Detection): Promise<{ name: string; validated: boolean }[]> {
@@ -180,6 +228,7 @@ export async function applyEnforcement(client: pg.ClientBase, settings: ApplySet
   const base = {
     mode: settings.mode,
     scope: settings.mode === 'anonymize' ? settings.scope : null,
+    hmac: first.hmac,
     schema: settings.schema,
     database,
     application: first.detection.description,
@@ -188,7 +237,7 @@ export async function applyEnforcement(client: pg.ClientBase, settings: ApplySet
     backfill: null,
   };
 
-  if (isUnchanged(settings, first.detection, first.installation, first.progressTable)) {
+  if (isUnchanged(settings, first.detection, first.installation, first.hmac, first.progressTable)) {
     const unchanged = { ...base, outcome: 'unchanged' as const, summary: ['Enforcement already matches the request; nothing changed.'], statements: [] };
     if (existing === 'keep' || settings.dryRun) return unchanged;
     return { ...unchanged, backfill: await backfillExistingRows(client, settings, existing, settings.confirm) };
@@ -197,7 +246,7 @@ export async function applyEnforcement(client: pg.ClientBase, settings: ApplySet
   await checkRollupScope(client, first.profile, first.detection, settings, first.installation);
 
   const realIds = settings.mode === 'off' ? new Map<UsageTable, number>() : await countRealIds(client, protectedTables(first.detection, settings.mode, settings.scope), settings.lock);
-  const summary = describeChange(settings, first.detection, first.installation, realIds);
+  const summary = describeChange(settings, first.detection, first.installation, first.hmac, realIds);
   if (settings.dryRun) {
     if (existing !== 'keep') summary.push(`A dry run does not run the ${existing} backfill; apply runs it after the transaction commits.`);
     return { ...base, outcome: 'dry-run', summary, statements: first.statements };

@@ -1,9 +1,10 @@
 import type pg from 'pg';
 import type { BackfillAction } from '../core/backfill.js';
 import { readBackfillProgress, type RecordedBackfill } from '../core/backfill-progress.js';
-import { triggerFunction, triggerFunctionName, protectedTables } from '../core/enforcement.js';
+import { describeHmac, triggerFunction, triggerFunctionName, protectedTables } from '../core/enforcement.js';
 import { findDrift, type Finding } from '../core/findings.js';
-import { countRows, currentDatabase, inspectInstallation, roleExposure, type RoleExposure, type RowCounts } from '../core/inspect.js';
+import { countRows, currentDatabase, inspectInstallation, roleExposure, type Installation, type RoleExposure, type RowCounts } from '../core/inspect.js';
+import { keyState, recordedPolicy, type KeyPolicy, type KeyState } from '../core/keys.js';
 import { validateSchemaName } from '../core/preflight.js';
 import { getProfile } from '../profiles/index.js';
 import type { ForeignKeyState, Scope } from '../profiles/types.js';
@@ -62,6 +63,30 @@ export interface ForeignKeyStatus {
   readonly state: 'enforced' | 'enforced, NOT VALID' | 'replaced by placeholder' | 'absent';
 }
 
+/** One key as status shows it: its fingerprint and period, never the key. */
+export interface KeyStatus {
+  readonly fingerprint: string;
+  readonly createdAt: string;
+  readonly ageDays: number;
+  /** The rotation policy that made the key. */
+  readonly policy: string;
+  /** Start of the rows' timestamps the key covers; null means open. */
+  readonly periodStart: string | null;
+  /** End (exclusive); null means open. */
+  readonly periodEnd: string | null;
+  readonly state: KeyState;
+}
+
+/** A key period whose key forget-keys deleted. */
+export interface ForgottenKeyStatus {
+  readonly fingerprint: string;
+  readonly policy: string;
+  readonly periodStart: string | null;
+  readonly periodEnd: string;
+  readonly forgottenAt: string;
+  readonly forgottenBy: string;
+}
+
 /** The report of `status`; its JSON form is versioned by `formatVersion`. */
 export interface StatusReport {
   readonly formatVersion: 1;
@@ -73,9 +98,15 @@ export interface StatusReport {
   readonly appliedAt: string | null;
   readonly appliedBy: string | null;
   readonly appliedWithVersion: string | null;
-  /** The HMAC implementation in use, for example "pgcrypto (schema insights_privacy)". */
+  /**
+   * The HMAC implementation in use: "core sha256()" or "pgcrypto (schema …)";
+   * null when the recorded mode is not anonymize, or its implementation is missing.
+   */
   readonly hmac: string | null;
-  readonly keys: { fingerprint: string; createdAt: string; ageDays: number }[];
+  /** The recorded key rotation policy; null when anonymize is not recorded. */
+  readonly keyPolicy: KeyPolicy | null;
+  readonly keys: KeyStatus[];
+  readonly forgottenKeys: ForgottenKeyStatus[];
   readonly tables: TableStatus[];
   readonly foreignKeys: ForeignKeyStatus[];
   readonly findings: Finding[];
@@ -108,6 +139,12 @@ function foreignKeyStatus(state: ForeignKeyState): ForeignKeyStatus {
 }
 
 const dayMs = 24 * 60 * 60 * 1000;
+
+function hmacInUse(installation: Installation): string | null {
+  if (!installation.hmac || !installation.functions.has('pseudonym')) return null;
+  if (installation.hmac === 'pgcrypto' && (!installation.crypto || installation.crypto.create)) return null;
+  return describeHmac(installation.hmac, installation.crypto);
+}
 
 /** Reads what is enforced in the database and how it differs from the recorded mode. */
 export async function readStatus(client: pg.ClientBase, settings: StatusSettings): Promise<StatusReport> {
@@ -144,6 +181,7 @@ export async function readStatus(client: pg.ClientBase, settings: StatusSettings
 
   const findings = findDrift(detection, installation, settings.schema);
   const now = Date.now();
+  const policy = recordedPolicy(state);
   return {
     formatVersion: 1,
     database,
@@ -154,11 +192,24 @@ export async function readStatus(client: pg.ClientBase, settings: StatusSettings
     appliedAt: state ? state.appliedAt.toISOString() : null,
     appliedBy: state?.appliedBy ?? null,
     appliedWithVersion: state?.toolVersion ?? null,
-    hmac: installation.crypto && !installation.crypto.create && installation.functions.has('pseudonym') ? `pgcrypto (schema ${installation.crypto.schema})` : null,
+    hmac: hmacInUse(installation),
+    keyPolicy: mode === 'anonymize' ? policy : null,
     keys: installation.keys.map((key) => ({
       fingerprint: key.fingerprint,
       createdAt: key.createdAt.toISOString(),
       ageDays: Math.floor((now - key.createdAt.getTime()) / dayMs),
+      policy: key.policy,
+      periodStart: key.validFrom?.toISOString() ?? null,
+      periodEnd: key.validUntil?.toISOString() ?? null,
+      state: keyState(key, installation.keys, policy, now),
+    })),
+    forgottenKeys: installation.forgottenKeys.map((key) => ({
+      fingerprint: key.fingerprint,
+      policy: key.policy,
+      periodStart: key.validFrom?.toISOString() ?? null,
+      periodEnd: key.validUntil.toISOString(),
+      forgottenAt: key.forgottenAt.toISOString(),
+      forgottenBy: key.forgottenBy,
     })),
     tables,
     foreignKeys: detection.userForeignKeys.map(foreignKeyStatus),

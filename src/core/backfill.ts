@@ -467,6 +467,15 @@ function withResumeHint(error: unknown, table: UsageTable): unknown {
       cause,
     });
   }
+  const cause = error instanceof ToolError ? error.cause : undefined;
+  if (error instanceof ToolError && cause instanceof Error && /deleted by forget-keys/.test(cause.message)) {
+    // Running again would fail on the same row, so the resume hint does not apply.
+    return new ToolError(error.code, `The backfill stopped in table ${table.name}: ${error.message}`, {
+      fix: 'Rows stamped in a period whose key forget-keys deleted cannot be pseudonymized any more: run "insights-privacy backfill --existing purge" to delete the rows with real user ids instead.',
+      cause,
+      exitCode: error.exitCode,
+    });
+  }
   if (error instanceof ToolError) {
     return new ToolError(error.code, `The backfill stopped in table ${table.name}: ${error.message}`, {
       fix: error.fix ? `${error.fix} ${resume}` : resume,

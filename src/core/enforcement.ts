@@ -3,6 +3,7 @@ import { functionBody, renderTemplate, templateStatements } from './templates.js
 import { replaceForeignKey, restoreForeignKey } from '../profiles/foreign-keys.js';
 import type { Detection, EnforcedMode, Profile, Scope, UsageTable } from '../profiles/types.js';
 import { toolVersion } from './version.js';
+import { periodVariables, type KeyPolicy } from './keys.js';
 
 /** Mode requested from `apply`. */
 export type Mode = EnforcedMode | 'off';
@@ -22,6 +23,24 @@ export interface EnforcementTarget {
   readonly scope: Scope;
   /** Name of the tool's private schema. */
   readonly schema: string;
+  /** Rotation policy of the pseudonym key under anonymize. Default `none`. */
+  readonly rotate?: KeyPolicy;
+}
+
+/**
+ * The implementation of HMAC-SHA256 behind pseudonyms: pgcrypto's hmac(), or
+ * the same HMAC built on core sha256() for servers that do not offer
+ * pgcrypto. Both give identical pseudonyms under the same key.
+ */
+export type HmacImplementation = 'pgcrypto' | 'core';
+
+/** The `hmac` setting: an implementation, or `auto` for pgcrypto when the server offers it and core otherwise. */
+export type HmacSetting = HmacImplementation | 'auto';
+
+/** Names an HMAC implementation as `status` shows it: "core sha256()" or "pgcrypto (schema …)". */
+export function describeHmac(hmac: HmacImplementation, crypto: CryptoLocation | null): string {
+  if (hmac === 'core') return 'core sha256()';
+  return crypto ? `pgcrypto (schema ${crypto.schema})` : 'pgcrypto (missing)';
 }
 
 /** Location of the pgcrypto functions once the plan has run. */
@@ -63,17 +82,39 @@ function expectedFunction(name: string, template: string, variables: Record<stri
   return { name, statements: templateStatements(template, variables), body: functionBody(rendered), securityDefiner };
 }
 
-/** The key-independent helper and the pseudonym function, as this version renders them. */
-export function pseudonymFunctions(schemaName: string, crypto: CryptoLocation): ExpectedFunction[] {
+/**
+ * The functions behind pseudonyms, as this version renders them: the
+ * version check, the HMAC helpers, the key functions for a rotation policy,
+ * and the pseudonym and key source of one HMAC implementation. `crypto` is
+ * needed for pgcrypto only.
+ */
+export function pseudonymFunctions(schemaName: string, hmac: HmacImplementation, crypto: CryptoLocation | null, policy: KeyPolicy = 'none'): ExpectedFunction[] {
   const schema = ident(schemaName);
-  return [
+  const pseudonymVariables = { schema, schemaName: literal(schemaName), domainLabel: literal(domainLabel) };
+  const helpers = [
     expectedFunction('is_pseudonym', 'is-pseudonym.sql', { schema }, false),
-    expectedFunction('pseudonym', 'pseudonym.sql', {
-      schema,
-      schemaName: literal(schemaName),
-      hmac: qualified(crypto.schema, 'hmac'),
-      domainLabel: literal(domainLabel),
-    }),
+    expectedFunction('hmac_key_pad', 'hmac-key-pad.sql', { schema }, false),
+    expectedFunction('hmac_sha256', 'hmac-sha256.sql', { schema }, false),
+  ];
+  const keyFunctions = [
+    expectedFunction('add_key', 'add-key.sql', { schema }),
+    expectedFunction('key_id', 'key-id.sql', { schema, schemaName: literal(schemaName), policy: literal(policy), ...periodVariables(policy) }),
+  ];
+
+  if (hmac === 'core') {
+    return [
+      ...helpers,
+      expectedFunction('random_key', 'random-key-core.sql', { schema }, false),
+      ...keyFunctions,
+      expectedFunction('pseudonym', 'pseudonym-core.sql', pseudonymVariables),
+    ];
+  }
+  if (!crypto) throw new Error('pseudonymFunctions: the pgcrypto implementation needs the location of pgcrypto');
+  return [
+    ...helpers,
+    expectedFunction('random_key', 'random-key-pgcrypto.sql', { schema, genRandomBytes: qualified(crypto.schema, 'gen_random_bytes') }, false),
+    ...keyFunctions,
+    expectedFunction('pseudonym', 'pseudonym.sql', { ...pseudonymVariables, hmac: qualified(crypto.schema, 'hmac') }),
   ];
 }
 
@@ -85,7 +126,9 @@ export function triggerFunction(schemaName: string, table: UsageTable, mode: Enf
 
   if (mode === 'disable') return expectedFunction(name, 'trigger-function-disable.sql', { function: fn });
 
-  const assignments = table.userColumns.map((column) => renderTemplate('trigger-assignment.sql', { column: ident(column), schema }).trimEnd());
+  const assignments = table.userColumns.map((column) =>
+    renderTemplate('trigger-assignment.sql', { column: ident(column), timeColumn: ident(table.timeColumn), schema }).trimEnd(),
+  );
   return expectedFunction(name, 'trigger-function-anonymize.sql', { function: fn, assignments: SqlFragment.trusted(assignments.join('\n')) });
 }
 
@@ -121,10 +164,35 @@ function lockStatements(detection: Detection): Statement[] {
   return templateStatements('lock-tables.sql', { tables: joinSql(tables) });
 }
 
+/**
+ * Builds the statements that install pseudonyms: pgcrypto when the plan
+ * creates it, the functions of the HMAC implementation and of the rotation
+ * policy, the padded-key columns and, under policy none, the first key.
+ * Switching to core removes a pgcrypto that the tool created in its own
+ * schema, because nothing uses it any more. The keys stay, and so does every
+ * pseudonym.
+ */
+function pseudonymStatements(schemaName: string, policy: KeyPolicy, context: PlanContext): Statement[] {
+  const schema = ident(schemaName);
+  const { crypto, hmac } = context;
+  if (!hmac) throw new Error('planApply: anonymize needs an HMAC implementation');
+  const statements: Statement[] = [];
+
+  if (hmac === 'pgcrypto' && crypto?.create) statements.push(...templateStatements('pgcrypto.sql', { schema }));
+  for (const fn of pseudonymFunctions(schemaName, hmac, crypto, policy)) statements.push(...fn.statements);
+  statements.push(...templateStatements('key-pads.sql', { schema }));
+  if (hmac === 'core' && crypto && !crypto.create && crypto.schema === schemaName) statements.push(...templateStatements('drop-extension.sql', {}));
+  // Period policies create each period's key on its first use instead.
+  if (policy === 'none') statements.push(...templateStatements('create-key.sql', { schema }));
+  return statements;
+}
+
 /** Everything the plan needs besides the detection. */
 export interface PlanContext {
   readonly profile: Profile;
   readonly crypto: CryptoLocation | null;
+  /** The HMAC implementation that anonymize installs, where `pgcrypto` needs `crypto`; null for other modes. */
+  readonly hmac: HmacImplementation | null;
   /** The options recorded in the state table with the mode. */
   readonly recordedOptions: Record<string, unknown>;
 }
@@ -141,12 +209,7 @@ export function planApply(detection: Detection, target: EnforcementTarget, conte
   const schema = ident(schemaName);
   const statements: Statement[] = [...lockStatements(detection), ...templateStatements('schema.sql', { schema })];
 
-  if (mode === 'anonymize') {
-    const crypto = context.crypto as CryptoLocation;
-    if (crypto.create) statements.push(...templateStatements('pgcrypto.sql', { schema }));
-    for (const fn of pseudonymFunctions(schemaName, crypto)) statements.push(...fn.statements);
-    statements.push(...templateStatements('create-key.sql', { schema, genRandomBytes: qualified(crypto.schema, 'gen_random_bytes') }));
-  }
+  if (mode === 'anonymize') statements.push(...pseudonymStatements(schemaName, target.rotate ?? 'none', context));
 
   const protectedSet = new Set(protectedTables(detection, mode, scope));
   for (const table of detection.tables) {
@@ -165,7 +228,8 @@ export function planApply(detection: Detection, target: EnforcementTarget, conte
   }
   statements.push(...(cutover?.afterForeignKeys ?? []));
 
-  const options = { ...context.recordedOptions, scope };
+  const anonymizeOptions = mode === 'anonymize' ? { rotate: target.rotate ?? 'none', hmac: context.hmac } : {};
+  const options = { ...context.recordedOptions, scope, ...anonymizeOptions };
   statements.push(...templateStatements('record-state.sql', { schema }, [mode, detection.profile, mode === 'anonymize' ? scope : null, JSON.stringify(options), toolVersion]));
   return statements;
 }

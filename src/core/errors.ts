@@ -28,7 +28,9 @@ export type ErrorCode =
   | 'SQL_FAILED'
   | 'STATE_INVALID'
   | 'ABORTED'
-  | 'DEMO_FAILED';
+  | 'DEMO_FAILED'
+  | 'KEY_FILE_INVALID'
+  | 'KEY_CONFLICT';
 
 /**
  * An error the user can act on: what failed, on which value, and the fix.

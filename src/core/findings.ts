@@ -9,6 +9,7 @@ import {
 } from './enforcement.js';
 import type { Installation, InstalledFunction, InstalledTrigger } from './inspect.js';
 import { toolVersion } from './version.js';
+import { recordedPolicy, type KeyPolicy } from './keys.js';
 
 /** `error` fails `status --check`; `warning` and `info` are shown only. */
 export type Severity = 'error' | 'warning' | 'info';
@@ -71,6 +72,38 @@ function foreignKeyFinding(state: ForeignKeyState, replaced: boolean): Finding |
   return null;
 }
 
+const keyPadColumns = ['inner_key_pad', 'outer_key_pad'];
+
+/** Compares the pseudonym functions and keys with what the recorded HMAC implementation and rotation policy need. */
+function pseudonymFindings(installation: Installation, schema: string, policy: KeyPolicy): Finding[] {
+  const findings: Finding[] = [];
+  const hmac = installation.hmac ?? 'pgcrypto';
+
+  if (hmac === 'pgcrypto' && (!installation.crypto || installation.crypto.create)) {
+    findings.push({ severity: 'error', object: 'extension pgcrypto', problem: 'is missing, so pseudonyms cannot be computed', fix: 'insights-privacy apply' });
+  } else {
+    for (const expected of pseudonymFunctions(schema, hmac, installation.crypto, policy)) {
+      const problem = functionProblems(expected, installation.functions.get(expected.name));
+      if (problem) findings.push({ severity: 'error', object: `${schema}.${expected.name}()`, problem, fix: 'insights-privacy apply' });
+    }
+  }
+
+  const missingPads = keyPadColumns.filter((column) => !installation.keyPadColumns.includes(column));
+  if (hmac === 'core' && missingPads.length > 0) {
+    findings.push({
+      severity: 'error',
+      object: `${schema}.keys`,
+      problem: `lacks the generated column(s) ${missingPads.join(', ')} that the core HMAC implementation reads; every write to a protected table fails`,
+      fix: 'insights-privacy apply',
+    });
+  }
+  // Period policies create their keys on first use, so only policy none needs one in advance.
+  if (policy === 'none' && !installation.keys.some((key) => key.policy === 'none')) {
+    findings.push({ severity: 'error', object: `${schema}.keys`, problem: 'holds no key; every write to a protected table fails', fix: 'insights-privacy apply' });
+  }
+  return findings;
+}
+
 /**
  * Compares the catalog with what the recorded mode requires. With no
  * recorded mode, any leftover trigger is an error and the absence of
@@ -98,17 +131,7 @@ export function findDrift(detection: Detection, installation: Installation, sche
   const scope: Scope = state.scope ?? 'source';
   const protectedSet = new Set(protectedTables(detection, mode, scope));
 
-  if (mode === 'anonymize') {
-    if (!installation.crypto || installation.crypto.create) {
-      findings.push({ severity: 'error', object: 'extension pgcrypto', problem: 'is missing, so pseudonyms cannot be computed', fix: 'insights-privacy apply' });
-    } else {
-      for (const expected of pseudonymFunctions(schema, installation.crypto)) {
-        const problem = functionProblems(expected, installation.functions.get(expected.name));
-        if (problem) findings.push({ severity: 'error', object: `${schema}.${expected.name}()`, problem, fix: 'insights-privacy apply' });
-      }
-    }
-    if (installation.keys.length === 0) findings.push({ severity: 'error', object: `${schema}.keys`, problem: 'holds no key; every write to a protected table fails', fix: 'insights-privacy apply' });
-  }
+  if (mode === 'anonymize') findings.push(...pseudonymFindings(installation, schema, recordedPolicy(state)));
 
   for (const table of detection.tables) {
     const trigger = installation.triggers.get(table) ?? null;

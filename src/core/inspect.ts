@@ -3,7 +3,7 @@ import { queryRows } from './execute.js';
 import { ident, qualified } from './sql.js';
 import type { Detection, EnforcedMode, Scope, UsageTable } from '../profiles/types.js';
 import { triggerName } from './enforcement.js';
-import type { CryptoLocation } from './enforcement.js';
+import type { CryptoLocation, HmacImplementation } from './enforcement.js';
 
 /** The enforcement recorded in the state table by the last apply. */
 export interface RecordedState {
@@ -21,6 +21,23 @@ export interface KeyInfo {
   readonly id: number;
   readonly fingerprint: string;
   readonly createdAt: Date;
+  /** The rotation policy that made the key: `none` or a period length. */
+  readonly policy: string;
+  /** Start of the key's period (inclusive); null means open. */
+  readonly validFrom: Date | null;
+  /** End of the key's period (exclusive); null means open. */
+  readonly validUntil: Date | null;
+}
+
+/** A key period whose key forget-keys deleted. */
+export interface ForgottenKey {
+  readonly fingerprint: string;
+  readonly policy: string;
+  readonly validFrom: Date | null;
+  readonly validUntil: Date;
+  readonly createdAt: Date;
+  readonly forgottenAt: Date;
+  readonly forgottenBy: string;
 }
 
 /** The tool's trigger on one table as the catalog has it. */
@@ -63,8 +80,13 @@ export interface Installation {
   readonly schemaPresent: boolean;
   readonly state: RecordedState | null;
   readonly keys: KeyInfo[];
+  readonly forgottenKeys: ForgottenKey[];
   readonly crypto: CryptoLocation | null;
   readonly pgcryptoAvailable: boolean;
+  /** The HMAC implementation recorded with anonymize; null unless the recorded mode is anonymize. */
+  readonly hmac: HmacImplementation | null;
+  /** The generated padded-key columns present in the keys table, which the core implementation reads. */
+  readonly keyPadColumns: string[];
   readonly functions: Map<string, InstalledFunction>;
   readonly triggers: Map<UsageTable, InstalledTrigger | null>;
 }
@@ -79,6 +101,15 @@ export async function locateCrypto(client: pg.ClientBase, schema: string): Promi
   const [row] = await queryRows<{ installed_schema: string | null; available: boolean }>(client, 'queries/extension.sql', ['pgcrypto']);
   if (row.installed_schema) return { crypto: { schema: row.installed_schema, create: false }, available: true };
   return { crypto: row.available ? { schema, create: true } : null, available: row.available };
+}
+
+/**
+ * Returns the HMAC implementation recorded with anonymize. State recorded
+ * before the `hmac` option existed used pgcrypto, the only implementation then.
+ */
+export function recordedHmac(state: RecordedState | null): HmacImplementation | null {
+  if (state?.mode !== 'anonymize') return null;
+  return state.options.hmac === 'core' ? 'core' : 'pgcrypto';
 }
 
 /** Reads the recorded enforcement; null when the schema or its state table is missing or empty. */
@@ -107,8 +138,47 @@ export async function readState(client: pg.ClientBase, schema: string): Promise<
 
 async function readKeys(client: pg.ClientBase, schema: string): Promise<KeyInfo[]> {
   if (!(await relationExists(client, schema, 'keys'))) return [];
-  const rows = await queryRows<{ id: number; fingerprint: string; created_at: Date }>(client, 'queries/keys.sql', [], { schema: ident(schema) });
-  return rows.map((row) => ({ id: row.id, fingerprint: row.fingerprint, createdAt: row.created_at }));
+  // A key table that an earlier version made gets its period columns at the next apply.
+  const [periods] = await queryRows<{ present: boolean }>(client, 'queries/column-exists.sql', [schema, 'keys', 'valid_from']);
+  const query = periods.present ? 'queries/keys.sql' : 'queries/keys-before-rotation.sql';
+  const rows = await queryRows<{ id: number; fingerprint: string; created_at: Date; policy: string; valid_from: Date | null; valid_until: Date | null }>(client, query, [], {
+    schema: ident(schema),
+  });
+  return rows.map((row) => ({
+    id: row.id,
+    fingerprint: row.fingerprint,
+    createdAt: row.created_at,
+    policy: row.policy,
+    validFrom: row.valid_from,
+    validUntil: row.valid_until,
+  }));
+}
+
+async function readForgottenKeys(client: pg.ClientBase, schema: string): Promise<ForgottenKey[]> {
+  if (!(await relationExists(client, schema, 'forgotten_keys'))) return [];
+  const rows = await queryRows<{
+    fingerprint: string;
+    policy: string;
+    valid_from: Date | null;
+    valid_until: Date;
+    created_at: Date;
+    forgotten_at: Date;
+    forgotten_by: string;
+  }>(client, 'queries/forgotten-keys.sql', [], { schema: ident(schema) });
+  return rows.map((row) => ({
+    fingerprint: row.fingerprint,
+    policy: row.policy,
+    validFrom: row.valid_from,
+    validUntil: row.valid_until,
+    createdAt: row.created_at,
+    forgottenAt: row.forgotten_at,
+    forgottenBy: row.forgotten_by,
+  }));
+}
+
+async function readKeyPadColumns(client: pg.ClientBase, schema: string): Promise<string[]> {
+  const rows = await queryRows<{ name: string }>(client, 'queries/key-pad-columns.sql', [schema]);
+  return rows.map((row) => row.name);
 }
 
 async function readFunctions(client: pg.ClientBase, schema: string): Promise<Map<string, InstalledFunction>> {
@@ -155,12 +225,17 @@ export async function inspectInstallation(client: pg.ClientBase, detection: Dete
   const triggers = new Map<UsageTable, InstalledTrigger | null>();
   for (const table of detection.tables) triggers.set(table, await readTrigger(client, table));
 
+  const state = present ? await readState(client, schema) : null;
+
   return {
     schemaPresent: present,
-    state: present ? await readState(client, schema) : null,
+    state,
     keys: present ? await readKeys(client, schema) : [],
+    forgottenKeys: present ? await readForgottenKeys(client, schema) : [],
     crypto,
     pgcryptoAvailable: available,
+    hmac: recordedHmac(state),
+    keyPadColumns: present ? await readKeyPadColumns(client, schema) : [],
     functions: present ? await readFunctions(client, schema) : new Map(),
     triggers,
   };

@@ -58,7 +58,7 @@ export function agentStatsWalk(table: UsageTable, key: readonly KeyColumn[], sch
     followers: [],
     batchStatements(action: BackfillAction, range: BatchRange): BatchStatement[] {
       if (action === 'purge') return purgeStatements({ table, followers: [] }, range);
-      const variables = { table: tableSql(table), userColumn: ident(table.userColumns[0]), range: range.condition('t'), schema };
+      const variables = { table: tableSql(table), userColumn: ident(table.userColumns[0]), timeColumn: ident(table.timeColumn), range: range.condition('t'), schema };
       return [{ statement: statement('coder/backfill-agent-stats.sql', variables, range.params), counts: table }];
     },
   };
@@ -72,7 +72,7 @@ export function appStatsWalk(table: UsageTable, key: readonly KeyColumn[], schem
     followers: [],
     batchStatements(action: BackfillAction, range: BatchRange): BatchStatement[] {
       if (action === 'purge') return purgeStatements({ table, followers: [] }, range);
-      const variables = { table: tableSql(table), range: range.condition('t'), schema };
+      const variables = { table: tableSql(table), timeColumn: ident(table.timeColumn), range: range.condition('t'), schema };
       return [{ statement: statement('coder/backfill-app-stats.sql', variables, range.params), counts: table }];
     },
   };
@@ -148,6 +148,7 @@ function copyOrMergeVariables(table: UsageTable, columns: readonly ColumnType[],
     twinMatch: conditions(twinMatch),
     mergeAssignments: mergeAssignments(table, columns, key),
     userColumn: ident(userColumn),
+    timeColumn: ident(table.timeColumn),
   };
 }
 

@@ -12,6 +12,21 @@ const rollupTable = 'template_usage_stats';
 const agentStatsTable = 'workspace_agent_stats';
 const appStatsTable = 'workspace_app_stats';
 const usersTable = 'users';
+
+/**
+ * The column whose timestamp selects each table's key. A rollup row and its
+ * child rows take the bucket's start, which the raw rows of the bucket share
+ * when key periods start at half-hour boundaries. An app session takes its
+ * start because Coder upserts the session again with a later end, and the
+ * upsert only finds the stored row under the same pseudonym.
+ */
+const timeColumns: Record<string, string> = {
+  [rollupTable]: 'start_time',
+  [agentStatsTable]: 'created_at',
+  [appStatsTable]: 'session_started_at',
+};
+/** Child tables of the rollup are keyed by the parent's start_time, which their foreign key includes. */
+const childTimeColumn = 'start_time';
 const appStatsUserForeignKey = 'workspace_app_stats_user_id_fkey';
 
 interface FoundTable {
@@ -34,8 +49,11 @@ async function readColumns(client: pg.ClientBase, table: TableRef): Promise<Colu
   return queryRows<ColumnRow>(client, 'queries/table-columns.sql', [table.oid]);
 }
 
-/** Builds a usage table after checking that its user_id column is a uuid, as in every Coder version. */
-async function usageTable(client: pg.ClientBase, table: TableRef, role: UsageTable['role']): Promise<UsageTable> {
+/**
+ * Builds a usage table after checking that its user_id column is a uuid and
+ * its time column a timestamptz, as in every Coder version.
+ */
+async function usageTable(client: pg.ClientBase, table: TableRef, role: UsageTable['role'], timeColumn: string): Promise<UsageTable> {
   const columns = await readColumns(client, table);
   const userId = columns.find((column) => column.name === 'user_id');
   if (!userId || userId.type !== 'uuid') {
@@ -43,7 +61,13 @@ async function usageTable(client: pg.ClientBase, table: TableRef, role: UsageTab
       fix: 'Point --database-url at the database that coder server uses (its CODER_PG_CONNECTION_URL).',
     });
   }
-  return { ...table, role, userColumns: ['user_id'], columns: columns.map((column) => column.name) };
+  const time = columns.find((column) => column.name === timeColumn);
+  if (!time || time.type !== 'timestamp with time zone') {
+    throw new ToolError('NOT_A_CODER_DATABASE', `Table ${table.schema}.${table.name} has no timestamptz column ${timeColumn}, so it is not Coder's ${table.name}.`, {
+      fix: 'Point --database-url at the database that coder server uses (its CODER_PG_CONNECTION_URL).',
+    });
+  }
+  return { ...table, role, userColumns: ['user_id'], timeColumn, columns: columns.map((column) => column.name) };
 }
 
 function describeColumnSet(rollup: UsageTable | undefined, children: readonly UsageTable[]): string {
@@ -68,11 +92,11 @@ async function detect(client: pg.ClientBase): Promise<Detection> {
   }
 
   const users = byName.get(usersTable) as TableRef;
-  const agentStats = await usageTable(client, byName.get(agentStatsTable) as TableRef, 'raw');
-  const appStats = await usageTable(client, byName.get(appStatsTable) as TableRef, 'raw');
+  const agentStats = await usageTable(client, byName.get(agentStatsTable) as TableRef, 'raw', timeColumns[agentStatsTable]);
+  const appStats = await usageTable(client, byName.get(appStatsTable) as TableRef, 'raw', timeColumns[appStatsTable]);
 
   const rollupRef = byName.get(rollupTable);
-  const rollup = rollupRef ? await usageTable(client, rollupRef, 'rollup') : undefined;
+  const rollup = rollupRef ? await usageTable(client, rollupRef, 'rollup', timeColumns[rollupTable]) : undefined;
   const children = rollup ? await detectChildren(client, rollup) : [];
 
   const tables = [...(rollup ? [rollup] : []), ...children, agentStats, appStats];
@@ -97,13 +121,13 @@ async function detectChildren(client: pg.ClientBase, rollup: UsageTable): Promis
   const children: UsageTable[] = [];
   for (const row of rows) {
     if (!row.columns.includes('user_id')) continue;
-    const child = await usageTable(client, toRef(row), 'rollup');
-    if (!child.columns.includes('start_time')) {
-      throw new ToolError('NOT_A_CODER_DATABASE', `Table ${child.schema}.${child.name} references ${rollup.name} by user_id but has no start_time column; this tool does not know that Coder schema.`, {
+    const columns = await readColumns(client, toRef(row));
+    if (!columns.some((column) => column.name === childTimeColumn)) {
+      throw new ToolError('NOT_A_CODER_DATABASE', `Table ${row.schema}.${row.name} references ${rollup.name} by user_id but has no start_time column; this tool does not know that Coder schema.`, {
         fix: 'Report the Coder version you run to the insights-privacy maintainers.',
       });
     }
-    children.push(child);
+    children.push(await usageTable(client, toRef(row), 'rollup', childTimeColumn));
   }
   return children;
 }
@@ -127,7 +151,7 @@ function rollupFrom(detection: Detection): SqlFragment {
 function copyRollupRows(table: UsageTable, schema: SqlFragment, from: SqlFragment): Statement[] {
   const columns = table.columns.map(ident);
   const converted = table.columns.map((column) =>
-    table.userColumns.includes(column) ? SqlFragment.trusted(`${schema.text}.pseudonym(${ident(column).text})`) : ident(column),
+    table.userColumns.includes(column) ? SqlFragment.trusted(`${schema.text}.pseudonym(${ident(column).text}, ${ident(table.timeColumn).text})`) : ident(column),
   );
   return templateStatements('coder/copy-usage-stats.sql', {
     table: tableSql(table),
@@ -147,8 +171,12 @@ function cutover(detection: Detection, context: CutoverContext): Cutover {
   if (scope === 'source') {
     const agentStats = findTable(detection, agentStatsTable) as UsageTable;
     const appStats = findTable(detection, appStatsTable) as UsageTable;
-    beforeForeignKeys.push(...templateStatements('coder/convert-agent-stats.sql', { agentStats: tableSql(agentStats), rollupFrom: from, schema }));
-    afterForeignKeys.push(...templateStatements('coder/convert-app-stats.sql', { appStats: tableSql(appStats), rollupFrom: from, schema }));
+    beforeForeignKeys.push(
+      ...templateStatements('coder/convert-agent-stats.sql', { agentStats: tableSql(agentStats), timeColumn: ident(agentStats.timeColumn), rollupFrom: from, schema }),
+    );
+    afterForeignKeys.push(
+      ...templateStatements('coder/convert-app-stats.sql', { appStats: tableSql(appStats), timeColumn: ident(appStats.timeColumn), rollupFrom: from, schema }),
+    );
   }
 
   const rollup = findTable(detection, rollupTable);

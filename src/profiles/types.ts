@@ -18,6 +18,13 @@ export interface UsageTable extends TableRef {
   readonly role: TableRole;
   /** Columns that hold user ids; each is replaced by its pseudonym under anonymize. */
   readonly userColumns: readonly string[];
+  /**
+   * The timestamptz column whose value selects the key of a row's pseudonym.
+   * Rows that the application's rollup combines must fall in the same key
+   * period, so it is the time the rollup buckets a row by (or, for a row
+   * that is upserted again later, a time that never changes).
+   */
+  readonly timeColumn: string;
   /** All stored columns, in table order. */
   readonly columns: readonly string[];
 }

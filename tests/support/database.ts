@@ -18,6 +18,14 @@ export function serverVersion(): number {
   return Number(process.env.INSIGHTS_PRIVACY_TEST_SERVER_VERSION ?? '0');
 }
 
+/**
+ * Tells whether the test server offers pgcrypto. It does not on the pass of
+ * `npm run test:without-pgcrypto`, where every test runs the core HMAC.
+ */
+export function pgcryptoAvailable(): boolean {
+  return process.env.INSIGHTS_PRIVACY_TEST_PGCRYPTO === 'available';
+}
+
 /** Replaces the database name of a connection URL. */
 export function urlForDatabase(url: string, database: string): string {
   const parsed = new URL(url);
