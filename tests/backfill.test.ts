@@ -1088,6 +1088,14 @@ describe('command line', () => {
     expect(output.stderr).not.toContain('░');
   });
 
+  test('status lists each backfill', async () => {
+    const run = await runTool(['status', '--no-counts', ...url()]);
+
+    expect(run.code).toBe(ExitCode.ok);
+    expect(run.stdout).toMatch(/Backfill of workspace_agent_stats: purge finished \S+; \d+ rows walked, 0 deleted\./);
+    expect(run.stdout).toMatch(/Backfill of workspace_app_stats: purge finished /);
+  });
+
   test('status --json has backfill', async () => {
     const run = await runTool(['status', '--json', '--no-counts', ...url()]);
     const report = JSON.parse(run.stdout) as { tables: { table: string; backfill: { action: string; state: string } | null }[] };

@@ -1,8 +1,8 @@
-// Measures the backfill rate: for each usage table, about one million rows
-// with real user ids, pseudonymized and then purged in batches of 5000 rows,
-// on an embedded PostgreSQL 18 with no other load. Prints rows per second.
+// Measures the backfill rate: for each usage table, one million rows with
+// real user ids (by default), pseudonymized and then purged in batches of
+// 5000 rows, on an embedded PostgreSQL 18. Prints rows per second.
 //
-//   npm run build && node scripts/benchmark-backfill.mjs [rows] [batch size]
+//   npm run build && node bench/backfill.mjs [rows] [batch size] [table ...]
 //
 // The rows lie days before the newest rollup bucket, so the cut-over of
 // apply converts none of them and the backfill does all the work.
@@ -15,6 +15,11 @@ import { createCoderSchema, seedPopulation } from '../dist/fixture/index.js';
 const rows = Number(process.argv[2] ?? 1_000_000);
 const batchSize = Number(process.argv[3] ?? 5000);
 const lock = { lockTimeoutMs: 2000, retries: 5 };
+
+if (!Number.isInteger(rows) || rows < 1 || !Number.isInteger(batchSize) || batchSize < 1) {
+  console.error(`usage: node bench/backfill.mjs [rows] [batch size] [table ...]: rows and batch size must be positive integers, got "${process.argv[2]}" and "${process.argv[3]}"`);
+  process.exit(2);
+}
 
 const workspaces = `
   SELECT w.id, w.owner_id, w.template_id, a.id AS agent_id, row_number() OVER (ORDER BY w.id) - 1 AS idx
@@ -92,7 +97,11 @@ async function measure(server, table) {
 const server = await startEmbeddedServer();
 try {
   console.log(`backfill of ${rows} rows per table, batches of ${batchSize} rows`);
-  for (const table of Object.keys(fill)) await measure(server, table);
+  const tables = process.argv.length > 4 ? process.argv.slice(4) : Object.keys(fill);
+  for (const table of tables) {
+    if (!(table in fill)) throw new Error(`Unknown table ${table}: expected one of ${Object.keys(fill).join(', ')}`);
+    await measure(server, table);
+  }
 } finally {
   await server.stop();
 }
