@@ -73,7 +73,7 @@ export function appStatsWalk(table: UsageTable, key: readonly KeyColumn[], schem
     batchStatements(action: BackfillAction, range: BatchRange): BatchStatement[] {
       if (action === 'purge') return purgeStatements({ table, followers: [] }, range);
       const variables = { table: tableSql(table), timeColumn: ident(table.timeColumn), range: range.condition('t'), schema };
-      return [{ statement: statement('coder/backfill-app-stats.sql', variables, range.params), counts: table }];
+      return [{ statement: statement('coder/pseudonymize-app-sessions.sql', variables, range.params), counts: table }];
     },
   };
 }

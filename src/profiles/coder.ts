@@ -174,8 +174,11 @@ function cutover(detection: Detection, context: CutoverContext): Cutover {
     beforeForeignKeys.push(
       ...templateStatements('coder/convert-agent-stats.sql', { agentStats: tableSql(agentStats), timeColumn: ident(agentStats.timeColumn), rollupFrom: from, schema }),
     );
+    // Sessions that Coder's rollup still reads or that its collector may
+    // upsert again: every session that ended within the window or the last hour.
+    const recentSessions = SqlFragment.trusted(`t.session_ended_at >= LEAST(${from.text}, now() - interval '1 hour')`);
     afterForeignKeys.push(
-      ...templateStatements('coder/convert-app-stats.sql', { appStats: tableSql(appStats), timeColumn: ident(appStats.timeColumn), rollupFrom: from, schema }),
+      ...templateStatements('coder/pseudonymize-app-sessions.sql', { table: tableSql(appStats), timeColumn: ident(appStats.timeColumn), range: recentSessions, schema }),
     );
   }
 

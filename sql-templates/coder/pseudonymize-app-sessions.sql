@@ -1,10 +1,10 @@
--- Parameters: $1 last key of the batch, $2 previous position (absent in a
--- walk's first batch). Pseudonymizes the app sessions of one batch. A
--- session whose pseudonymized twin exists (same pseudonym, agent and
--- session id, the table's unique key) is merged into the twin by the
--- cut-over's rule: earliest start, latest end and largest request count,
--- because the collector reports running totals. The raw row is then
--- deleted. Every other session gets its pseudonym in place.
+-- Pseudonymizes the app sessions that match the range condition: the cut-over's
+-- window, or one backfill batch (whose range takes the parameters $1, the
+-- batch's last key, and $2, the previous position). A session whose
+-- pseudonymized twin exists (same pseudonym, agent and session id, the
+-- table's unique key) is merged into the twin: earliest start, latest end and
+-- largest request count, because the collector reports running totals. The
+-- raw row is then deleted. Every other session gets its pseudonym in place.
 WITH candidates AS MATERIALIZED (
   SELECT t.id,
          {{schema}}.pseudonym(t.user_id, t.{{timeColumn}}) AS pseudonym,
