@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { createHmac, randomBytes, randomUUID } from 'node:crypto';
+import { createHmac, randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -18,7 +18,7 @@ import { domainLabel } from '../src/core/enforcement.js';
 import { ExitCode, ToolError } from '../src/core/errors.js';
 import { columnSets, createCoderSchema, readInsights, seedPopulation, type ColumnSet, type Population } from '../src/fixture/index.js';
 import { applyMode, privacySchema, readNewestKey, usageTables } from './support/coder.js';
-import { adminUrl, createTestDatabase, serverVersion, urlForDatabase, type TestDatabase } from './support/database.js';
+import { createTestDatabase, type TestDatabase } from './support/database.js';
 import { startCoderLoad, type LoadResult } from './support/traffic-load.js';
 
 // Rows stored before enforcement are made here with generate_series, far
@@ -164,36 +164,7 @@ async function insertOldRows(client: pg.Client, columnSet: ColumnSet, from: Date
 
 /** Copies a database file by file; the source must have no open connection. */
 async function cloneDatabase(source: TestDatabase, prefix: string): Promise<TestDatabase> {
-  const name = `${prefix}_${randomBytes(5).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: adminUrl() });
-  await admin.connect();
-  try {
-    // FILE_COPY (PostgreSQL 15 and later; the only strategy before) copies
-    // files instead of writing every block to the WAL.
-    const strategy = serverVersion() >= 150000 ? ' STRATEGY FILE_COPY' : '';
-    await admin.query(`CREATE DATABASE "${name}" TEMPLATE "${source.name}"${strategy}`);
-  } finally {
-    await admin.end();
-  }
-  const url = urlForDatabase(adminUrl(), name);
-  const database: TestDatabase = {
-    name,
-    url,
-    async connect() {
-      const client = new pg.Client({ connectionString: url });
-      await client.connect();
-      return client;
-    },
-    async drop() {
-      const dropper = new pg.Client({ connectionString: adminUrl() });
-      await dropper.connect();
-      try {
-        await dropper.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
-      } finally {
-        await dropper.end();
-      }
-    },
-  };
+  const database = await createTestDatabase(prefix, source.name);
   databases.push(database);
   return database;
 }

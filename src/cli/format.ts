@@ -146,7 +146,8 @@ export function formatStatus(report: StatusReport, chalk: ChalkInstance): string
   if (report.findings.length > 0) {
     lines.push('', chalk.bold('Findings:'));
     for (const finding of report.findings) {
-      const colour = finding.severity === 'error' ? chalk.red : finding.severity === 'warning' ? chalk.yellow : chalk.dim;
+      const colours = { error: chalk.red, warning: chalk.yellow, info: chalk.dim };
+    const colour = colours[finding.severity];
       lines.push(colour(`  ${finding.severity}: ${finding.object} ${finding.problem}. Fix: ${finding.fix}`));
     }
   }

@@ -28,7 +28,8 @@ export function processIo(): CliIo {
 export function paint(io: CliIo): ChalkInstance {
   const noColour = io.env.NO_COLOR !== undefined && io.env.NO_COLOR !== '';
   const forced = io.env.FORCE_COLOR !== undefined && io.env.FORCE_COLOR !== '0';
-  return new Chalk({ level: noColour ? 0 : forced || io.colour ? 1 : 0 });
+  if (noColour) return new Chalk({ level: 0 });
+  return new Chalk({ level: forced || io.colour ? 1 : 0 });
 }
 
 /** Asks a yes/no question on stdin; only "y" or "yes" confirms, and end of input or Ctrl+C declines. */
