@@ -93,7 +93,7 @@ const configFileSchema = z
 
 type ConfigFile = z.infer<typeof configFileSchema>;
 
-/** Where the configuration file was found, and what it contains. */
+/** Location and contents of the configuration file. */
 export interface LoadedConfig {
   path: string | null;
   values: ConfigFile;

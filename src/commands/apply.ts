@@ -53,7 +53,7 @@ export interface ApplySettings {
   readonly onBackfillProgress?: (progress: BackfillProgress) => void;
 }
 
-/** What `apply` did. */
+/** Outcome of `apply`. */
 export interface ApplyResult {
   readonly outcome: 'applied' | 'unchanged' | 'dry-run';
   readonly mode: Mode;

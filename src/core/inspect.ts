@@ -75,7 +75,7 @@ export interface RoleExposure {
   readonly canBypass: boolean;
 }
 
-/** Everything the catalog says about the tool in one database. */
+/** Catalog facts about the tool's objects in one database. */
 export interface Installation {
   readonly schemaPresent: boolean;
   readonly state: RecordedState | null;

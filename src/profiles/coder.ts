@@ -140,7 +140,7 @@ function findTable(detection: Detection, name: string): UsageTable | undefined {
   return detection.tables.find((table) => table.name === name);
 }
 
-/** The SQL expression of the first bucket Coder's rollup recomputes. */
+/** Returns the SQL expression of the first bucket Coder's rollup recomputes. */
 function rollupFrom(detection: Detection): SqlFragment {
   const rollup = findTable(detection, rollupTable);
   const agentStats = findTable(detection, agentStatsTable) as UsageTable;

@@ -153,7 +153,7 @@ export function restoreForeignKey(definition: UserForeignKey): Statement[] {
   });
 }
 
-/** The statement that validates a restored foreign key without blocking writers. */
+/** Builds the statement that validates a restored foreign key without blocking writers. */
 export function validateForeignKey(definition: UserForeignKey): Statement[] {
   return templateStatements('validate-foreign-key.sql', {
     table: qualified(definition.table.schema, definition.table.name),

@@ -51,7 +51,7 @@ export interface UserForeignKey {
   readonly validated: boolean;
 }
 
-/** What a profile found in the database. */
+/** Result of a profile's detection in one database. */
 export interface Detection {
   readonly profile: string;
   /** For people, for example "Coder (2026 column set)". */
