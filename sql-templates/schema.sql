@@ -18,6 +18,15 @@ CREATE TABLE IF NOT EXISTS {{schema}}.state (
   applied_by text NOT NULL
 );
 
+-- The identity of each usage table when the state was recorded (its oid and
+-- its columns with their types), so that status can tell when an
+-- application upgrade re-created or altered a table. digest is
+-- state_digest() over the row, so that status can tell when the row was
+-- edited by hand. Both are added here for state tables of earlier versions.
+ALTER TABLE {{schema}}.state ADD COLUMN IF NOT EXISTS tables jsonb NOT NULL DEFAULT '{}'::jsonb;
+
+ALTER TABLE {{schema}}.state ADD COLUMN IF NOT EXISTS digest text;
+
 -- One row per key; key_id() picks the key for a row's timestamp. Keys are
 -- generated here by the server's random source and leave the database only
 -- through export-key.

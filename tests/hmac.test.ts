@@ -603,14 +603,15 @@ describe('hmac auto', () => {
 
   pgcryptoTest(needsPgcrypto('upgrade adds padded keys'), async () => {
     // An installation made before the core implementation existed: pgcrypto,
-    // no padded-key columns, no HMAC helpers, no hmac in the state.
+    // no padded-key columns, no HMAC helpers, no hmac in the state, and no
+    // state digest, which came later still.
     await applyAnonymize(coder.database.url, '--hmac', 'pgcrypto');
     const key = await readNewestKey(coder.client);
     const ids = Array.from({ length: 20 }, () => randomUUID());
     await coder.client.query(`
       ALTER TABLE ${privacySchema}.keys DROP COLUMN inner_key_pad, DROP COLUMN outer_key_pad;
       DROP FUNCTION ${privacySchema}.hmac_sha256(bytea, bytea), ${privacySchema}.hmac_key_pad(bytea, integer), ${privacySchema}.random_key();
-      UPDATE ${privacySchema}.state SET options = options - 'hmac';
+      UPDATE ${privacySchema}.state SET options = options - 'hmac', digest = NULL;
     `);
     const before = await status(coder.database.url, '--no-counts');
 

@@ -53,6 +53,7 @@ async function settingsFor(io: CliIo, flags: CommonFlags & FlagValues & Record<s
     connectTimeoutSeconds: flags.connectTimeout,
     existing: flags.existing as string | undefined,
     batchSize: flags.batchSize as string | undefined,
+    allowTriggers: Array.isArray(flags.allowTrigger) ? flags.allowTrigger.join(',') : undefined,
   };
   return { ...resolveSettings(values, io.env, config), env: io.env };
 }
@@ -117,6 +118,7 @@ async function runApply(io: CliIo, flags: CommonFlags & Record<string, unknown>)
         confirm: flags.yes || flags.dryRun ? undefined : (summary) => confirmWith(io, summary),
         existing: settings.existing,
         batchSize: settings.batchSize,
+        allowTriggers: settings.allowTriggers,
         signal: interrupt?.signal,
         onBackfillProgress: (progress) => display.update(progress),
       }),
@@ -214,6 +216,11 @@ function buildProgram(io: CliIo, run: (handler: () => Promise<number>) => void):
     .option('--lock-retries <count>', 'retries when a lock wait times out (default: 5)')
     .option('--existing <choice>', 'rows stored before enforcement: keep (default), pseudonymize or purge, after the switch commits (env INSIGHTS_PRIVACY_EXISTING)')
     .option('--batch-size <rows>', 'rows per backfill batch and transaction, for pseudonymize and purge (default: 5000)')
+    .option(
+      '--allow-trigger <table.trigger>',
+      "accept another trigger on a protected table after review, so status does not report it; repeat for more (env INSIGHTS_PRIVACY_ALLOW_TRIGGERS, comma-separated)",
+      (value: string, previous: string[] | undefined) => [...(previous ?? []), value],
+    )
     .addHelpText(
       'after',
       `

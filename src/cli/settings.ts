@@ -31,6 +31,11 @@ export interface Settings {
   existing: ExistingRows | undefined;
   /** Rows per backfill batch. Default 5000. */
   batchSize: number;
+  /**
+   * Other triggers on protected tables, as "table.trigger", that an operator
+   * reviewed and accepted; status reports any other. Default none.
+   */
+  allowTriggers: string[];
 }
 
 /** Values given as flags; undefined when a flag was not given. */
@@ -56,6 +61,7 @@ const environmentNames: Record<keyof Settings, string> = {
   connectTimeoutSeconds: 'INSIGHTS_PRIVACY_CONNECT_TIMEOUT_SECONDS',
   existing: 'INSIGHTS_PRIVACY_EXISTING',
   batchSize: 'INSIGHTS_PRIVACY_BATCH_SIZE',
+  allowTriggers: 'INSIGHTS_PRIVACY_ALLOW_TRIGGERS',
 };
 
 const flagNames: Record<keyof Settings, string> = {
@@ -71,6 +77,7 @@ const flagNames: Record<keyof Settings, string> = {
   connectTimeoutSeconds: '--connect-timeout',
   existing: '--existing',
   batchSize: '--batch-size',
+  allowTriggers: '--allow-trigger',
 };
 
 const configFileSchema = z
@@ -87,6 +94,7 @@ const configFileSchema = z
     connectTimeoutSeconds: z.number().int().min(1).max(600),
     existing: z.enum(['keep', 'pseudonymize', 'purge']),
     batchSize: z.number().int().min(1).max(maxBatchSize),
+    allowTriggers: z.array(z.string().min(1)),
   })
   .partial()
   .strict();
@@ -182,6 +190,22 @@ function parseInteger(raw: string, source: string, minimum: number, maximum: num
 }
 
 /**
+ * Parses a comma-separated list of "table.trigger" names. A config file's
+ * array arrives here joined by commas, so a trigger name that contains a
+ * comma or a dot cannot be accepted this way.
+ */
+function triggerList(picked: { raw: string; source: string } | undefined, problems: string[]): string[] {
+  if (!picked) return [];
+  const names = picked.raw
+    .split(',')
+    .map((name) => name.trim())
+    .filter((name) => name.length > 0);
+  const invalid = names.filter((name) => !/^[^.]+\.[^.]+$/.test(name));
+  if (invalid.length > 0) problems.push(`${picked.source} takes table.trigger names, got "${invalid.join('", "')}"`);
+  return invalid.length > 0 ? [] : [...new Set(names)];
+}
+
+/**
  * Combines flags, environment and config file, in that order of precedence,
  * over the defaults. The connection URL is taken from --database-url,
  * INSIGHTS_PRIVACY_DATABASE_URL, DATABASE_URL, then the config file; without
@@ -231,6 +255,7 @@ export function resolveSettings(flags: FlagValues, env: NodeJS.ProcessEnv, confi
     connectTimeoutSeconds: integer('connectTimeoutSeconds', 10, 1, 600),
     existing: choice('existing', existingRowsChoices),
     batchSize: integer('batchSize', defaultBatchSize, 1, maxBatchSize),
+    allowTriggers: triggerList(pick('allowTriggers'), problems),
   };
 
   if (problems.length > 0) {

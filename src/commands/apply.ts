@@ -4,7 +4,7 @@ import { progressTableExists } from '../core/backfill-progress.js';
 import { ToolError } from '../core/errors.js';
 import { describeHmac, planApply, protectedTables, replacesForeignKeys, type HmacImplementation, type HmacSetting, type Mode } from '../core/enforcement.js';
 import { execute, queryRows } from '../core/execute.js';
-import { findDrift } from '../core/findings.js';
+import { allowedTriggers, findDrift, type AllowedTrigger, type Finding } from '../core/findings.js';
 import { currentDatabase, inspectInstallation, type Installation } from '../core/inspect.js';
 import { checkPrivileges, validateSchemaName } from '../core/preflight.js';
 import { ident, qualified, type Statement } from '../core/sql.js';
@@ -48,6 +48,12 @@ export interface ApplySettings {
   readonly existing?: ExistingRows;
   /** Rows per backfill batch. Default 5000. */
   readonly batchSize?: number;
+  /**
+   * Other triggers on protected tables, as "table.trigger", accepted after
+   * review; apply records them with a digest of their definition, and status
+   * reports any other trigger, or an accepted one that changed.
+   */
+  readonly allowTriggers?: readonly string[];
   /** Stops the backfill after its current batch. */
   readonly signal?: AbortSignal;
   readonly onBackfillProgress?: (progress: BackfillProgress) => void;
@@ -83,7 +89,46 @@ function isUnchanged(settings: ApplySettings, detection: Detection, installation
   if (settings.mode === 'anonymize' && (state.scope !== settings.scope || installation.hmac !== hmac)) return false;
   if (settings.mode === 'anonymize' && recordedPolicy(state) !== (settings.rotate ?? 'none')) return false;
   if (!progressTable) return false;
-  return findDrift(detection, installation, settings.schema).every((finding) => finding.severity !== 'error');
+  if (!sameAllowedTriggers(allowedTriggers(state), acceptTriggers(settings, detection, installation))) return false;
+  return findDrift(detection, installation, settings.schema).every((finding) => finding.severity !== 'error' || !repairedByApply(finding));
+}
+
+/** Tells whether apply repairs a finding; another trigger or a rule on a protected table needs the operator. */
+function repairedByApply(finding: Finding): boolean {
+  return finding.code !== 'other-trigger' && finding.code !== 'rule';
+}
+
+function sameAllowedTriggers(recorded: AllowedTrigger[], requested: AllowedTrigger[]): boolean {
+  const key = (entry: AllowedTrigger) => `${entry.table}\n${entry.trigger}\n${entry.digest}`;
+  const recordedKeys = recorded.map(key).sort();
+  const requestedKeys = requested.map(key).sort();
+  return recordedKeys.length === requestedKeys.length && recordedKeys.every((value, index) => value === requestedKeys[index]);
+}
+
+/**
+ * Resolves the --allow-trigger names against the catalog, with the digest
+ * that status compares later. Under off nothing is recorded.
+ */
+function acceptTriggers(settings: ApplySettings, detection: Detection, installation: Installation): AllowedTrigger[] {
+  if (settings.mode === 'off') return [];
+  const accepted: AllowedTrigger[] = [];
+  for (const name of settings.allowTriggers ?? []) {
+    const [tableName, triggerName] = name.split('.');
+    const table = detection.tables.find((candidate) => candidate.name === tableName);
+    if (!table) {
+      throw new ToolError('INVALID_OPTION', `--allow-trigger ${name}: ${tableName} is not a usage table of ${detection.description}.`, {
+        fix: `Name the table as one of: ${detection.tables.map((candidate) => candidate.name).join(', ')}.`,
+      });
+    }
+    const trigger = installation.tableCatalogs.get(table)?.otherTriggers.find((candidate) => candidate.name === triggerName);
+    if (!trigger) {
+      throw new ToolError('INVALID_OPTION', `--allow-trigger ${name}: table ${table.name} has no trigger named ${triggerName}.`, {
+        fix: `Check the name with \\d ${table.name} in psql, or remove it from --allow-trigger (INSIGHTS_PRIVACY_ALLOW_TRIGGERS, allowTriggers in the config file).`,
+      });
+    }
+    accepted.push({ table: table.name, trigger: trigger.name, digest: trigger.digest });
+  }
+  return accepted;
 }
 
 function describeChange(
@@ -123,6 +168,21 @@ function describeChange(
     lines.push(...describePolicyChange(installation, settings.rotate ?? 'none'));
   }
   lines.push(...describeExistingRows(settings.existing ?? 'keep', settings.mode, settings.scope, realIds, settings.batchSize ?? defaultBatchSize, 'apply'));
+  lines.push(...describeOtherTriggers(settings, detection, installation));
+  return lines;
+}
+
+/** Names the accepted triggers and warns about the others that status will report. */
+function describeOtherTriggers(settings: ApplySettings, detection: Detection, installation: Installation): string[] {
+  if (settings.mode === 'off') return [];
+  const accepted = acceptTriggers(settings, detection, installation);
+  const lines = accepted.map((entry) => `Trigger ${entry.table}.${entry.trigger} is accepted: status does not report it while its definition stays the same.`);
+  for (const table of protectedTables(detection, settings.mode, settings.scope)) {
+    for (const trigger of installation.tableCatalogs.get(table)?.otherTriggers ?? []) {
+      if (accepted.some((entry) => entry.table === table.name && entry.trigger === trigger.name)) continue;
+      lines.push(`Warning: table ${table.name} has another trigger, ${trigger.name}; status reports it if it can see or change user ids, until it is removed or accepted with --allow-trigger.`);
+    }
+  }
   return lines;
 }
 
@@ -194,7 +254,9 @@ function chooseHmac(setting: HmacSetting, installation: Installation): HmacImple
 
 async function plan(client: pg.ClientBase, settings: ApplySettings) {
   const { profile, detection, installation, hmac } = await prepare(client, settings);
-  const statements = planApply(detection, settings, { profile, crypto: installation.crypto, hmac, recordedOptions: {} });
+  const allowed = acceptTriggers(settings, detection, installation);
+  const recordedOptions = allowed.length > 0 ? { allowedTriggers: allowed } : {};
+  const statements = planApply(detection, settings, { profile, crypto: installation.crypto, hmac, recordedOptions });
   const progressTable = await progressTableExists(client, settings.schema);
   return { profile, detection, installation, hmac, statements, progressTable };
 }

@@ -118,6 +118,11 @@ export function pseudonymFunctions(schemaName: string, hmac: HmacImplementation,
   ];
 }
 
+/** The functions of the state table, which every mode installs. */
+export function stateFunctions(schemaName: string): ExpectedFunction[] {
+  return [expectedFunction('state_digest', 'state-digest.sql', { schema: ident(schemaName) }, false)];
+}
+
 /** The trigger function of one protected table for a mode. */
 export function triggerFunction(schemaName: string, table: UsageTable, mode: EnforcedMode): ExpectedFunction {
   const schema = ident(schemaName);
@@ -208,6 +213,7 @@ export function planApply(detection: Detection, target: EnforcementTarget, conte
   const { mode, scope, schema: schemaName } = target;
   const schema = ident(schemaName);
   const statements: Statement[] = [...lockStatements(detection), ...templateStatements('schema.sql', { schema })];
+  for (const fn of stateFunctions(schemaName)) statements.push(...fn.statements);
 
   if (mode === 'anonymize') statements.push(...pseudonymStatements(schemaName, target.rotate ?? 'none', context));
 
@@ -230,7 +236,10 @@ export function planApply(detection: Detection, target: EnforcementTarget, conte
 
   const anonymizeOptions = mode === 'anonymize' ? { rotate: target.rotate ?? 'none', hmac: context.hmac } : {};
   const options = { ...context.recordedOptions, scope, ...anonymizeOptions };
-  statements.push(...templateStatements('record-state.sql', { schema }, [mode, detection.profile, mode === 'anonymize' ? scope : null, JSON.stringify(options), toolVersion]));
+  const usageTables = JSON.stringify(detection.tables.map((table) => [table.schema, table.name]));
+  statements.push(
+    ...templateStatements('record-state.sql', { schema }, [mode, detection.profile, mode === 'anonymize' ? scope : null, JSON.stringify(options), toolVersion, usageTables]),
+  );
   return statements;
 }
 

@@ -14,6 +14,20 @@ export interface RecordedState {
   readonly toolVersion: string;
   readonly appliedAt: Date;
   readonly appliedBy: string;
+  /**
+   * Each usage table as it was when the state was recorded, by
+   * "schema.table"; empty for a state that an earlier version recorded.
+   */
+  readonly tables: Record<string, RecordedTable>;
+  /** Whether the row still matches its digest; null when it has none (an earlier version recorded it). */
+  readonly digestMatches: boolean | null;
+}
+
+/** A usage table's identity when the state was recorded. */
+export interface RecordedTable {
+  readonly oid: number;
+  /** Stored columns in table order, each as "name type". */
+  readonly columns: string[];
 }
 
 /** A key as status shows it: never the key itself. */
@@ -49,6 +63,34 @@ export interface InstalledTrigger {
   readonly functionSchema: string;
   readonly functionName: string;
   readonly definition: string;
+}
+
+/** Another user-defined trigger on a usage table, which fires before or after the tool's trigger. */
+export interface OtherTrigger {
+  readonly name: string;
+  /** pg_trigger.tgenabled, as for InstalledTrigger. */
+  readonly enabled: string;
+  readonly type: number;
+  readonly functionSchema: string;
+  readonly functionName: string;
+  /** MD5 of the trigger definition and its function's source; changes when either is replaced. */
+  readonly digest: string;
+}
+
+/** A rewrite rule on a usage table. */
+export interface TableRule {
+  readonly name: string;
+  /** pg_rewrite.ev_type: 1 SELECT, 2 UPDATE, 3 INSERT, 4 DELETE. */
+  readonly event: string;
+  readonly enabled: string;
+}
+
+/** What the catalog says about a usage table besides the tool's trigger. */
+export interface TableCatalog {
+  /** Stored columns in table order, each as "name type". */
+  readonly columns: string[];
+  readonly otherTriggers: OtherTrigger[];
+  readonly rules: TableRule[];
 }
 
 /** One of the tool's functions as the catalog has it. */
@@ -89,6 +131,7 @@ export interface Installation {
   readonly keyPadColumns: string[];
   readonly functions: Map<string, InstalledFunction>;
   readonly triggers: Map<UsageTable, InstalledTrigger | null>;
+  readonly tableCatalogs: Map<UsageTable, TableCatalog>;
 }
 
 async function relationExists(client: pg.ClientBase, schema: string, name: string): Promise<boolean> {
@@ -115,6 +158,12 @@ export function recordedHmac(state: RecordedState | null): HmacImplementation | 
 /** Reads the recorded enforcement; null when the schema or its state table is missing or empty. */
 export async function readState(client: pg.ClientBase, schema: string): Promise<RecordedState | null> {
   if (!(await relationExists(client, schema, 'state'))) return null;
+  // A state table that an earlier version made gets its tables and digest
+  // columns at the next apply; a missing state_digest() is drift, reported
+  // with the other functions.
+  const [digestColumn] = await queryRows<{ present: boolean }>(client, 'queries/column-exists.sql', [schema, 'state', 'digest']);
+  const [digestFunction] = await queryRows<{ present: boolean }>(client, 'queries/function-exists.sql', [schema, 'state_digest']);
+  const query = digestColumn.present && digestFunction.present ? 'queries/state.sql' : 'queries/state-before-digest.sql';
   const [row] = await queryRows<{
     mode: EnforcedMode;
     profile: string;
@@ -123,7 +172,9 @@ export async function readState(client: pg.ClientBase, schema: string): Promise<
     tool_version: string;
     applied_at: Date;
     applied_by: string;
-  }>(client, 'queries/state.sql', [], { schema: ident(schema) });
+    tables: Record<string, RecordedTable>;
+    digest_matches: boolean | null;
+  }>(client, query, [], { schema: ident(schema) });
   if (!row) return null;
   return {
     mode: row.mode,
@@ -133,6 +184,8 @@ export async function readState(client: pg.ClientBase, schema: string): Promise<
     toolVersion: row.tool_version,
     appliedAt: row.applied_at,
     appliedBy: row.applied_by,
+    tables: row.tables,
+    digestMatches: row.digest_matches,
   };
 }
 
@@ -218,12 +271,38 @@ async function readTrigger(client: pg.ClientBase, table: UsageTable): Promise<In
   };
 }
 
+async function readTableCatalog(client: pg.ClientBase, table: UsageTable): Promise<TableCatalog> {
+  const columns = await queryRows<{ name: string; type: string }>(client, 'queries/table-columns.sql', [table.oid]);
+  const triggers = await queryRows<{ name: string; enabled: string; type: number; function_schema: string; function_name: string; digest: string }>(
+    client,
+    'queries/other-triggers.sql',
+    [table.oid, triggerName],
+  );
+  const rules = await queryRows<TableRule>(client, 'queries/rules.sql', [table.oid]);
+  return {
+    columns: columns.map((column) => `${column.name} ${column.type}`),
+    otherTriggers: triggers.map((row) => ({
+      name: row.name,
+      enabled: row.enabled,
+      type: row.type,
+      functionSchema: row.function_schema,
+      functionName: row.function_name,
+      digest: row.digest,
+    })),
+    rules,
+  };
+}
+
 /** Reads the tool's schema, state, keys, functions and triggers from the catalog. */
 export async function inspectInstallation(client: pg.ClientBase, detection: Detection, schema: string): Promise<Installation> {
   const [{ present }] = await queryRows<{ present: boolean }>(client, 'queries/schema-exists.sql', [schema]);
   const { crypto, available } = await locateCrypto(client, schema);
   const triggers = new Map<UsageTable, InstalledTrigger | null>();
-  for (const table of detection.tables) triggers.set(table, await readTrigger(client, table));
+  const tableCatalogs = new Map<UsageTable, TableCatalog>();
+  for (const table of detection.tables) {
+    triggers.set(table, await readTrigger(client, table));
+    tableCatalogs.set(table, await readTableCatalog(client, table));
+  }
 
   const state = present ? await readState(client, schema) : null;
 
@@ -238,6 +317,7 @@ export async function inspectInstallation(client: pg.ClientBase, detection: Dete
     keyPadColumns: present ? await readKeyPadColumns(client, schema) : [],
     functions: present ? await readFunctions(client, schema) : new Map(),
     triggers,
+    tableCatalogs,
   };
 }
 
