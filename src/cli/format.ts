@@ -2,6 +2,8 @@ import Table from 'cli-table3';
 import type { ChalkInstance } from 'chalk';
 import type { ApplyResult } from '../commands/apply.js';
 import type { BackfillCommandResult } from '../commands/backfill.js';
+import type { GenerateResult } from '../commands/generate.js';
+import { describeEnforcement } from '../core/migration.js';
 import type { TableBackfill } from '../core/backfill.js';
 import type { BackfillStatus, StatusReport, TableStatus } from '../commands/status.js';
 import type { Statement } from '../core/sql.js';
@@ -59,6 +61,21 @@ function describeTableBackfill(table: TableBackfill, action: string): string {
   if (table.movesWith) return `  ${table.table}: ${table.outcome} with ${table.movesWith}; ${table.rowsChanged} ${done}${merged}.`;
   const rate = table.rowsPerSecond === null ? '' : ` (${table.rowsWalkedThisRun} in this run, ${table.seconds.toFixed(1)} s, ${Math.round(table.rowsPerSecond)} rows/s)`;
   return `  ${table.table}: ${table.outcome}; ${table.rowsWalked} rows walked${rate}, ${table.rowsChanged} ${done}${merged}.`;
+}
+
+/** Formats the outcome of generate for people: the change, the files written and how to run them. */
+export function formatGenerate(result: GenerateResult, chalk: ChalkInstance): string {
+  const current = describeEnforcement(result.current.mode, result.current.scope);
+  const target = describeEnforcement(result.target.mode, result.target.scope);
+  const lines = [chalk.green(`Wrote a ${result.format} migration for ${result.database} (${result.application}): ${current} -> ${target}, in schema ${result.schema}.`)];
+  for (const file of result.files) lines.push(`  ${file.path} (${file.direction})`);
+  if (result.irreversible) {
+    lines.push(chalk.yellow(`The down migration is irreversible and fails without changing anything: ${result.irreversible}`));
+  } else {
+    lines.push(`The down migration returns to ${current}.`);
+  }
+  lines.push('Run it with:', ...result.run.map((command) => `  ${command}`));
+  return `${lines.join('\n')}\n`;
 }
 
 /** Formats the outcome of a backfill for people: one line for the run, then one per table. */

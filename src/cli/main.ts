@@ -1,11 +1,12 @@
 import { Command, CommanderError, Option } from 'commander';
 import { applyEnforcement } from '../commands/apply.js';
 import { runBackfill } from '../commands/backfill.js';
+import { checkOutput, generateMigration } from '../commands/generate.js';
 import { readStatus } from '../commands/status.js';
 import { withClient } from '../core/connection.js';
 import { ExitCode, ToolError } from '../core/errors.js';
 import { toolVersion } from '../core/version.js';
-import { formatApply, formatBackfill, formatStatements, formatStatus } from './format.js';
+import { formatApply, formatBackfill, formatGenerate, formatStatements, formatStatus } from './format.js';
 import { addKeyCommands } from './key-commands.js';
 import { askYesNo, paint, processIo, type CliIo } from './io.js';
 import { progressDisplay, type ProgressDisplay } from './progress.js';
@@ -36,6 +37,15 @@ function addCommonOptions(command: Command): Command {
     .option('--schema <name>', "the tool's private schema (env INSIGHTS_PRIVACY_SCHEMA; default: insights_privacy)")
     .option('--connect-timeout <seconds>', 'seconds to wait for the connection (default: 10)')
     .option('--verbose', 'show stack traces of errors');
+}
+
+/** Adds the options that choose an enforcement, shared by apply and generate. */
+function addEnforcementOptions(command: Command): Command {
+  return command
+    .addOption(new Option('--mode <mode>', 'anonymize, disable or off (env INSIGHTS_PRIVACY_MODE)'))
+    .option('--scope <scope>', 'anonymize scope: source (all usage tables, default) or rollup (template_usage_stats only)')
+    .option('--hmac <implementation>', "anonymize's HMAC-SHA256: auto (pgcrypto when the server offers it, else core), pgcrypto, or core (sha256(), no extension) (env INSIGHTS_PRIVACY_HMAC; default: auto)")
+    .option('--rotate <policy>', 'key rotation: none (one key until rotate-key, default), daily, weekly, monthly or yearly (a key per UTC period; env INSIGHTS_PRIVACY_ROTATE)');
 }
 
 async function settingsFor(io: CliIo, flags: CommonFlags & FlagValues & Record<string, unknown>): Promise<Settings & { env: NodeJS.ProcessEnv }> {
@@ -187,6 +197,40 @@ async function runBackfillCommand(io: CliIo, flags: CommonFlags & Record<string,
   }
 }
 
+async function runGenerate(io: CliIo, flags: CommonFlags & Record<string, unknown>): Promise<number> {
+  const output = {
+    format: flags.format as string | undefined,
+    out: flags.out as string | undefined,
+    cwd: io.cwd,
+    version: flags.migrationVersion as string | undefined,
+    force: Boolean(flags.force),
+  };
+  const settings = await settingsFor(io, flags);
+  if (!settings.mode) {
+    throw new ToolError('INVALID_OPTION', 'No mode given.', { fix: 'Pass --mode anonymize, --mode disable or --mode off (or set INSIGHTS_PRIVACY_MODE, or mode in the config file).' });
+  }
+  // The output options are checked before connecting, so that a mistake in them is reported as such.
+  await checkOutput(output);
+  const mode = settings.mode;
+  const result = await withClient(settings, (client) =>
+    generateMigration(client, {
+      mode,
+      scope: settings.scope,
+      hmac: settings.hmac,
+      rotate: settings.rotate,
+      schema: settings.schema,
+      profile: settings.profile,
+      lockTimeoutMs: settings.lockTimeoutMs,
+      output,
+    }),
+  );
+  io.stdout.write(flags.json ? `${JSON.stringify(result, null, 2)}\n` : formatGenerate(result, paint(io)));
+  if (settings.existing && settings.existing !== 'keep') {
+    io.stderr.write(`insights-privacy: the migration does not run the backfill of existing rows (existing = ${settings.existing}); run "insights-privacy backfill --existing ${settings.existing}" after it.\n`);
+  }
+  return ExitCode.ok;
+}
+
 async function runStatus(io: CliIo, flags: CommonFlags & Record<string, unknown>): Promise<number> {
   const settings = await settingsFor(io, flags);
   const report = await withClient(settings, (client) => readStatus(client, { schema: settings.schema, profile: settings.profile, counts: flags.counts !== false }));
@@ -203,12 +247,8 @@ function buildProgram(io: CliIo, run: (handler: () => Promise<number>) => void):
     .configureOutput({ writeOut: (text) => io.stdout.write(text), writeErr: (text) => io.stderr.write(text) })
     .exitOverride();
 
-  addCommonOptions(program.command('apply'))
+  addEnforcementOptions(addCommonOptions(program.command('apply')))
     .description('install, switch or remove enforcement, in one transaction')
-    .addOption(new Option('--mode <mode>', 'anonymize, disable or off (env INSIGHTS_PRIVACY_MODE)'))
-    .option('--scope <scope>', 'anonymize scope: source (all usage tables, default) or rollup (template_usage_stats only)')
-    .option('--hmac <implementation>', "anonymize's HMAC-SHA256: auto (pgcrypto when the server offers it, else core), pgcrypto, or core (sha256(), no extension) (env INSIGHTS_PRIVACY_HMAC; default: auto)")
-    .option('--rotate <policy>', 'key rotation: none (one key until rotate-key, default), daily, weekly, monthly or yearly (a key per UTC period; env INSIGHTS_PRIVACY_ROTATE)')
     .option('--dry-run', 'print the SQL and change nothing')
     .option('-y, --yes', 'apply without asking for confirmation')
     .option('--json', 'print the result as JSON')
@@ -268,6 +308,30 @@ Examples:
   insights-privacy status --json`,
     )
     .action((flags) => run(() => runStatus(io, flags)));
+
+  addEnforcementOptions(addCommonOptions(program.command('generate')))
+    .description('write migration files (node-pg-migrate or plain SQL) with the SQL that apply would run, for deployment pipelines')
+    .option('--format <format>', 'node-pg-migrate (one .mjs file with up and down) or sql (Flyway-named V and U files for psql, Flyway or Liquibase)')
+    .option('--out <dir>', 'the existing folder to write the files into, for example the migrations folder')
+    .option('--migration-version <version>', 'version in the file names (default: the generation time; node-pg-migrate: milliseconds, sql: UTC yyyymmddHHMMSS)')
+    .option('--force', 'replace files of the same name')
+    .option('--lock-timeout <ms>', 'lock_timeout of the migration: maximum wait for one lock, in milliseconds (default: 2000)')
+    .option('--json', 'print the result as JSON')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  insights-privacy generate --mode anonymize --format node-pg-migrate --out migrations
+  npx node-pg-migrate up --migrations-dir migrations             # reads DATABASE_URL
+  insights-privacy generate --mode disable --format sql --out db/migration --migration-version 20260501120000
+  psql -v ON_ERROR_STOP=1 --single-transaction -f db/migration/V20260501120000__insights_privacy_disable.sql
+
+The files contain the SQL that apply would run on this database now, with apply's
+advisory lock and lock_timeout, and a down migration back to the enforcement
+recorded now. They contain no key. Generate them again after a Coder upgrade and
+after upgrading insights-privacy; see docs/migrations.md.`,
+    )
+    .action((flags) => run(() => runGenerate(io, flags)));
 
   addKeyCommands(program, { io, run, addCommonOptions, settingsFor, confirmWith });
 

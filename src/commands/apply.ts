@@ -79,7 +79,8 @@ export interface ApplyResult {
   readonly backfill: BackfillCommandResult | null;
 }
 
-function isUnchanged(settings: ApplySettings, detection: Detection, installation: Installation, hmac: HmacImplementation | null, progressTable: boolean): boolean {
+/** Tells whether the database already has the requested enforcement, free of drift, so that apply has nothing to do. */
+export function isUnchanged(settings: ApplySettings, detection: Detection, installation: Installation, hmac: HmacImplementation | null, progressTable: boolean): boolean {
   if (settings.mode === 'off') {
     const leftovers = [...installation.triggers.values()].some(Boolean) || detection.userForeignKeys.some((state) => state.placeholder && !state.foreignKey);
     return !installation.schemaPresent && !leftovers;
@@ -208,7 +209,8 @@ function describePolicyChange(installation: Installation, policy: KeyPolicy): st
   return lines;
 }
 
-async function checkRollupScope(client: pg.ClientBase, profile: Profile, detection: Detection, settings: ApplySettings, installation: Installation): Promise<void> {
+/** Rejects a switch to scope rollup while pseudonymized raw rows remain in the window that Coder's rollup recomputes. */
+export async function checkRollupScope(client: pg.ClientBase, profile: Profile, detection: Detection, settings: ApplySettings, installation: Installation): Promise<void> {
   if (settings.mode !== 'anonymize' || settings.scope !== 'rollup') return;
   if (installation.state?.mode === 'anonymize' && installation.state.scope === 'rollup') return;
   if (!installation.functions.has('is_pseudonym')) return;
@@ -252,7 +254,11 @@ function chooseHmac(setting: HmacSetting, installation: Installation): HmacImple
   });
 }
 
-async function plan(client: pg.ClientBase, settings: ApplySettings) {
+/**
+ * Detects the application, reads the installation and builds the statements
+ * that apply runs for `settings` against the database as it is now.
+ */
+export async function planEnforcement(client: pg.ClientBase, settings: ApplySettings) {
   const { profile, detection, installation, hmac } = await prepare(client, settings);
   const allowed = acceptTriggers(settings, detection, installation);
   const recordedOptions = allowed.length > 0 ? { allowedTriggers: allowed } : {};
@@ -286,7 +292,7 @@ export async function applyEnforcement(client: pg.ClientBase, settings: ApplySet
   checkExistingChoice(settings.mode, existing);
   const database = await currentDatabase(client);
 
-  const first = await plan(client, settings);
+  const first = await planEnforcement(client, settings);
   const base = {
     mode: settings.mode,
     scope: settings.mode === 'anonymize' ? settings.scope : null,
@@ -319,7 +325,7 @@ export async function applyEnforcement(client: pg.ClientBase, settings: ApplySet
   }
 
   const applied = await runLocked(client, settings.lock, async () => {
-    const current = await plan(client, settings);
+    const current = await planEnforcement(client, settings);
     const restored = current.detection.userForeignKeys
       .filter((state) => state.placeholder && !state.foreignKey && !replacesForeignKeys(settings.mode, settings.scope))
       .map((state) => state.placeholder as UserForeignKey);
