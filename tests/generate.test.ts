@@ -399,6 +399,24 @@ describe('down migration after other switches', () => {
   });
 });
 
+describe('accepted triggers', () => {
+  test('migration records --allow-trigger', async () => {
+    const coder = await coderDatabase('gen_allow');
+    await coder.client.query(`CREATE FUNCTION touch_app() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$`);
+    await coder.client.query('CREATE TRIGGER touch_app BEFORE INSERT ON workspace_app_stats FOR EACH ROW EXECUTE FUNCTION touch_app()');
+    const folder = await newFolder('allow');
+    const accepted = await generate(coder.database.url, 'anonymize', 'sql', folder, '--allow-trigger', 'workspace_app_stats.touch_app');
+
+    await expectMigrated('sql', 'up', accepted, coder.database.url);
+    const afterUp = await checkExitCode(coder.database.url);
+    await coder.client.query(`CREATE OR REPLACE FUNCTION touch_app() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.requests := 0; RETURN NEW; END $$`);
+    const afterChange = await checkExitCode(coder.database.url);
+
+    expect(afterUp).toBe(ExitCode.ok);
+    expect(afterChange).toBe(ExitCode.checkFailed);
+  });
+});
+
 describe('safety checks in the migration', () => {
   test('other enforcement than planned', async () => {
     const coder = await coderDatabase('gen_guard');

@@ -82,9 +82,11 @@ describe('inlineParameters', () => {
       null,
       '{"scope":"source"}',
       toolVersion,
+      '[["public","workspace_app_stats"]]',
     ]);
     const inlined = inlineParameters(recordState);
-    expect(inlined).toContain(`VALUES (true, 'anonymize', 'coder', NULL, '{"scope":"source"}'::jsonb, '${toolVersion}', now(), session_user)`);
+    expect(inlined).toContain(`SELECT true, 'anonymize', 'coder', NULL, '{"scope":"source"}'::jsonb, '${toolVersion}', u.tables, now(), session_user,`);
+    expect(inlined).toContain(`FROM jsonb_array_elements('[["public","workspace_app_stats"]]'::jsonb) AS t(pair)`);
     expect(findParameters(inlined)).toEqual([]);
   });
 

@@ -45,7 +45,12 @@ function addEnforcementOptions(command: Command): Command {
     .addOption(new Option('--mode <mode>', 'anonymize, disable or off (env INSIGHTS_PRIVACY_MODE)'))
     .option('--scope <scope>', 'anonymize scope: source (all usage tables, default) or rollup (template_usage_stats only)')
     .option('--hmac <implementation>', "anonymize's HMAC-SHA256: auto (pgcrypto when the server offers it, else core), pgcrypto, or core (sha256(), no extension) (env INSIGHTS_PRIVACY_HMAC; default: auto)")
-    .option('--rotate <policy>', 'key rotation: none (one key until rotate-key, default), daily, weekly, monthly or yearly (a key per UTC period; env INSIGHTS_PRIVACY_ROTATE)');
+    .option('--rotate <policy>', 'key rotation: none (one key until rotate-key, default), daily, weekly, monthly or yearly (a key per UTC period; env INSIGHTS_PRIVACY_ROTATE)')
+    .option(
+      '--allow-trigger <table.trigger>',
+      'accept another trigger on a protected table after review, so status does not report it; repeat for more (env INSIGHTS_PRIVACY_ALLOW_TRIGGERS, comma-separated)',
+      (value: string, previous: string[] | undefined) => [...(previous ?? []), value],
+    );
 }
 
 async function settingsFor(io: CliIo, flags: CommonFlags & FlagValues & Record<string, unknown>): Promise<Settings & { env: NodeJS.ProcessEnv }> {
@@ -221,6 +226,7 @@ async function runGenerate(io: CliIo, flags: CommonFlags & Record<string, unknow
       schema: settings.schema,
       profile: settings.profile,
       lockTimeoutMs: settings.lockTimeoutMs,
+      allowTriggers: settings.allowTriggers,
       output,
     }),
   );
@@ -256,11 +262,6 @@ function buildProgram(io: CliIo, run: (handler: () => Promise<number>) => void):
     .option('--lock-retries <count>', 'retries when a lock wait times out (default: 5)')
     .option('--existing <choice>', 'rows stored before enforcement: keep (default), pseudonymize or purge, after the switch commits (env INSIGHTS_PRIVACY_EXISTING)')
     .option('--batch-size <rows>', 'rows per backfill batch and transaction, for pseudonymize and purge (default: 5000)')
-    .option(
-      '--allow-trigger <table.trigger>',
-      "accept another trigger on a protected table after review, so status does not report it; repeat for more (env INSIGHTS_PRIVACY_ALLOW_TRIGGERS, comma-separated)",
-      (value: string, previous: string[] | undefined) => [...(previous ?? []), value],
-    )
     .addHelpText(
       'after',
       `

@@ -101,6 +101,7 @@ function applySettings(settings: MigrationSettings): ApplySettings {
     rotate: settings.rotate,
     dryRun: true,
     lock: { lockTimeoutMs: settings.lockTimeoutMs, retries: 0 },
+    allowTriggers: settings.allowTriggers,
   };
 }
 
@@ -159,6 +160,7 @@ function commandLine(settings: GenerateSettings, output: CheckedOutput): string 
   const parts = ['insights-privacy generate', `--mode ${settings.mode}`];
   if (settings.mode === 'anonymize') parts.push(`--scope ${settings.scope}`, `--hmac ${settings.hmac}`, `--rotate ${settings.rotate}`);
   parts.push(`--schema ${settings.schema}`, `--profile ${settings.profile}`, `--lock-timeout ${settings.lockTimeoutMs}`, `--format ${output.format}`);
+  for (const name of settings.allowTriggers ?? []) parts.push(`--allow-trigger ${name}`);
   return parts.join(' ');
 }
 

@@ -1,3 +1,4 @@
+import { allowedTriggers } from './findings.js';
 import { planApply, replacesForeignKeys, type CryptoLocation, type HmacImplementation, type HmacSetting, type Mode } from './enforcement.js';
 import type { Installation, RecordedState } from './inspect.js';
 import { recordedPolicy, type KeyPolicy } from './keys.js';
@@ -16,6 +17,8 @@ export interface MigrationSettings {
   readonly rotate: KeyPolicy;
   /** The lock_timeout the migration sets for its transaction, in milliseconds. */
   readonly lockTimeoutMs: number;
+  /** Other triggers accepted after review, as "table.trigger" (apply --allow-trigger). */
+  readonly allowTriggers?: readonly string[];
 }
 
 /** An enforcement as `apply` takes it: a mode and, under anonymize, its options. */
@@ -175,6 +178,12 @@ function irreversibleReason(input: DownInput, crypto: CryptoLocation | null): st
   return null;
 }
 
+/** The triggers accepted with --allow-trigger in the recorded state, which the down migration records again. */
+function recordedAllowedTriggers(installation: Installation): Record<string, unknown> {
+  const allowed = allowedTriggers(installation.state);
+  return allowed.length > 0 ? { allowedTriggers: allowed } : {};
+}
+
 /**
  * Plans the down migration: `apply` with the recorded enforcement (or
  * `--mode off` when none is recorded), against the catalog as the up
@@ -192,7 +201,7 @@ export function planDown(input: DownInput): { statements: Statement[]; irreversi
   const plan = planApply(
     after,
     { mode: current.mode, scope, schema, rotate: current.rotate ?? 'none' },
-    { profile: input.profile, crypto, hmac: current.hmac, recordedOptions: {} },
+    { profile: input.profile, crypto, hmac: current.hmac, recordedOptions: recordedAllowedTriggers(installation) },
   );
   const statements = wrapPlan(plan, {
     schema,
