@@ -7,7 +7,11 @@ export const ExitCode = {
   ok: 0,
   /** `status --check` found enforcement missing or drifted. */
   checkFailed: 1,
-  /** Invalid input, connection failure, missing privilege or a database error. Nothing was changed. */
+  /**
+   * Invalid input, connection failure, missing privilege or a database error.
+   * The failed transaction changed nothing; batches a backfill committed
+   * before the error, and the mode apply committed before its backfill, stay.
+   */
   error: 2,
   /** The user declined the confirmation, or no confirmation was possible without `--yes`. */
   aborted: 3,
