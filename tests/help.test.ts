@@ -14,14 +14,14 @@ const packageVersion = (JSON.parse(readFileSync(join(repositoryRoot, 'package.js
 
 const runTool = (argv: string[]): Promise<CliRun> => runCliCaptured(argv, { cwd: tmpdir() });
 
-/** The commands the top-level help lists, without commander's `help`. */
+/** Returns the commands the top-level help lists, without commander's `help`. */
 async function listedCommands(): Promise<string[]> {
   const help = (await runTool(['--help'])).stdout;
   const section = help.split('\nCommands:\n')[1].split('\n\n')[0];
   return [...section.matchAll(/^ {2}([a-z][a-z-]*)\b/gm)].map((match) => match[1]).filter((name) => name !== 'help');
 }
 
-/** Lines of the Examples section, each without its trailing `# comment` and shell redirection. */
+/** Returns the lines of the Examples section, each without its trailing `# comment` and shell redirection. */
 function exampleLines(help: string): string[] {
   const section = help.split('\nExamples:\n')[1] ?? '';
   return section
@@ -31,7 +31,7 @@ function exampleLines(help: string): string[] {
     .filter((line) => line !== '');
 }
 
-/** The option names (long and short) in the Options section of a command's help. */
+/** Returns the option names (long and short) in the Options section of a command's help. */
 function optionNames(help: string): Set<string> {
   const section = help.split('\nOptions:\n')[1].split('\n\n')[0];
   return new Set([...section.matchAll(/(?:^|[\s,])(--?[a-z][a-z-]*)/gm)].map((match) => match[1]));

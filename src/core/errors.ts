@@ -9,8 +9,9 @@ export const ExitCode = {
   checkFailed: 1,
   /**
    * Invalid input, connection failure, missing privilege or a database error.
-   * The failed transaction changed nothing; batches a backfill committed
-   * before the error, and the mode apply committed before its backfill, stay.
+   * The failed transaction changed nothing, but the batches a backfill
+   * committed before the error stay, and so does the mode that apply
+   * committed before its backfill.
    */
   error: 2,
   /** The user declined the confirmation, or no confirmation was possible without `--yes`. */
