@@ -3,7 +3,7 @@
 // them run as written against a Coder-shaped database.
 import { access, chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { CronExpressionParser } from 'cron-parser';
 import { ExitCode } from '../src/core/errors.js';
 import { triggerName } from '../src/core/enforcement.js';
@@ -14,6 +14,7 @@ import { createTestDatabase } from './support/database.js';
 import { localEntrypoint, readDockerfile, replayBuild, dockerignoreFilter, type BuiltStage } from './support/dockerfile.js';
 import {
   coderConnectionUrl,
+  copyCommittableFiles,
   createShimDir,
   cronCommandLine,
   examplesDir,
@@ -38,6 +39,17 @@ afterAll(async () => {
   if (shims) await rm(shims.path, { recursive: true, force: true });
   if (workDir) await rm(workDir, { recursive: true, force: true });
 });
+
+// Tests that run npm against the registry or its cache. They do not depend on
+// the PostgreSQL version, so the PostgreSQL 13 and no-pgcrypto passes of
+// `npm test` skip them.
+const slowTest = process.env.INSIGHTS_PRIVACY_TEST_POSTGRES ? test.skip : test;
+const slowDescribe = process.env.INSIGHTS_PRIVACY_TEST_POSTGRES ? describe.skip : describe;
+
+/** Returns the environment without npm's npm_* variables, which `npm test` sets for its own run. */
+function withoutNpmVariables(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(env).filter(([name]) => !name.toLowerCase().startsWith('npm_')));
+}
 
 /** The PATH of a run: the stand-ins first, so that `insights-privacy` is this checkout. */
 const pathWithShims = (rest = '/usr/local/bin:/usr/bin:/bin') => `${shims.path}:${rest}`;
@@ -70,7 +82,7 @@ interface Workflow {
   jobs: Record<string, { needs?: string | string[]; env?: Record<string, string>; steps: WorkflowStep[] }>;
 }
 
-/** Resolves `${{ secrets.NAME }}` expressions; any other expression is an error, since the test cannot evaluate it. */
+/** Resolves `${{ secrets.NAME }}` expressions. Any other expression is an error, because the test cannot evaluate it. */
 function resolveExpressions(env: Record<string, string>, secrets: Record<string, string>): Record<string, string> {
   return Object.fromEntries(
     Object.entries(env).map(([name, value]) => {
@@ -94,8 +106,9 @@ describe('GitHub Actions workflow', () => {
   });
 
   const job = () => workflow.jobs['insights-privacy'];
+  /** Finds a step of the insights-privacy job by its name, or by the action it uses when it has none. */
   const step = (name: string) => {
-    const found = job().steps.find((candidate) => candidate.name === name);
+    const found = job().steps.find((candidate) => (candidate.name ?? candidate.uses) === name);
     if (!found) throw new Error(`No step named ${name}`);
     return found;
   };
@@ -114,15 +127,22 @@ describe('GitHub Actions workflow', () => {
   test('install, apply, check in order', () => {
     const steps = job().steps;
 
-    expect(steps.map((candidate) => candidate.name ?? candidate.uses)).toEqual(['actions/setup-node@v4', 'Install insights-privacy', 'Enforce anonymize', 'Check enforcement']);
-    expect(steps[0].with).toEqual({ 'node-version': 20 });
-    expect(step('Install insights-privacy').run).toBe(`npm install --global "git+https://github.com/your-org/insights-privacy.git#v${packageVersion}"`);
+    expect(steps.map((candidate) => candidate.name ?? candidate.uses)).toEqual([
+      'actions/setup-node@v4',
+      'actions/checkout@v4',
+      'Install insights-privacy',
+      'Enforce anonymize',
+      'Check enforcement',
+    ]);
+    expect(step('actions/setup-node@v4').with).toEqual({ 'node-version': 20 });
+    expect(step('actions/checkout@v4').with).toEqual({ repository: 'your-org/insights-privacy', ref: `v${packageVersion}`, path: 'insights-privacy' });
+    expect(step('Install insights-privacy')['working-directory']).toBe('insights-privacy');
+    expect(step('Install insights-privacy').run).toBe(`npm ci\nnpm pack\nnpm install --global ./insights-privacy-${packageVersion}.tgz\n`);
     expect(step('Enforce anonymize').run).toBe('insights-privacy apply --mode anonymize --yes');
     expect(step('Check enforcement').run).toBe('insights-privacy status --check --no-counts');
     for (const candidate of steps) {
       expect(candidate['continue-on-error']).toBeUndefined();
       expect(candidate.shell).toBeUndefined();
-      expect(candidate['working-directory']).toBeUndefined();
     }
   });
 
@@ -137,12 +157,19 @@ describe('GitHub Actions workflow', () => {
       await coder?.close();
     });
 
-    /** Runs a step's script as a Linux runner does: `bash --noprofile --norc -eo pipefail` on a script file. */
-    async function runStep(name: string): Promise<ProcessRun> {
+    /**
+     * Runs a step's script as a Linux runner does: `bash --noprofile --norc
+     * -eo pipefail` on a script file, in the step's working-directory below
+     * the workspace. PATH defaults to the stand-ins.
+     */
+    async function runStep(name: string, extraEnv: NodeJS.ProcessEnv = {}): Promise<ProcessRun> {
       const script = join(workDir, 'step.sh');
       await writeFile(script, step(name).run ?? '');
       const env = resolveExpressions({ ...job().env, ...step(name).env }, { CODER_PG_CONNECTION_URL: coderConnectionUrl(coder.database.url) });
-      return runProcess('bash', ['--noprofile', '--norc', '-eo', 'pipefail', script], { cwd: workDir, env: { PATH: pathWithShims(), ...env } });
+      return runProcess('bash', ['--noprofile', '--norc', '-eo', 'pipefail', script], {
+        cwd: join(workDir, step(name)['working-directory'] ?? ''),
+        env: { PATH: pathWithShims(), ...env, ...extraEnv },
+      });
     }
 
     test('apply then check pass', async () => {
@@ -172,6 +199,41 @@ describe('GitHub Actions workflow', () => {
       expect(check.code).toBe(ExitCode.ok);
       expect(await countTriggers(coder)).toBe(usageTables('2026').length);
     });
+
+    // The install step runs npm ci, npm pack and a global install, so it
+    // runs in the default pass only. A copy of the files git would commit
+    // stands in for actions/checkout. The global prefix is a temporary
+    // folder, because setup-node gives the runner a writable one too.
+    slowTest('install step as written', async () => {
+      const checkout = join(workDir, String(step('actions/checkout@v4').with?.path));
+      await copyCommittableFiles(repositoryRoot, checkout);
+      const prefix = await mkdtemp(join(tmpdir(), 'insights-privacy-global-'));
+      const npmPath = `${dirname(process.execPath)}:/usr/local/bin:/usr/bin:/bin`;
+      // npm reads its global config file from below the prefix, so moving
+      // the prefix would drop this machine's settings (a CA file, a proxy);
+      // the machine's file is named explicitly instead.
+      const machineEnv = withoutNpmVariables(process.env);
+      const globalConfig = (await runProcess('npm', ['config', 'get', 'globalconfig'], { env: machineEnv })).stdout.trim();
+
+      try {
+        const install = await runStep('Install insights-privacy', { ...machineEnv, PATH: npmPath, npm_config_prefix: prefix, npm_config_globalconfig: globalConfig });
+        const installedPath = { PATH: `${join(prefix, 'bin')}:${npmPath}` };
+        const version = await runProcess('insights-privacy', ['--version'], { cwd: workDir, env: installedPath });
+        await dropTrigger(coder, 'workspace_app_stats');
+        const failedCheck = await runStep('Check enforcement', installedPath);
+        const apply = await runStep('Enforce anonymize', installedPath);
+        const check = await runStep('Check enforcement', installedPath);
+
+        expect(install.code).toBe(0);
+        expect(version.stdout).toBe(`${packageVersion}\n`);
+        expect(failedCheck.code).toBe(ExitCode.checkFailed);
+        expect(apply.code).toBe(ExitCode.ok);
+        expect(check.code).toBe(ExitCode.ok);
+      } finally {
+        await rm(prefix, { recursive: true, force: true });
+        await rm(checkout, { recursive: true, force: true });
+      }
+    }, 600_000);
   });
 });
 
@@ -549,11 +611,7 @@ describe('Dockerfile', () => {
     for (const path of ['src/cli/main.ts', 'bin/insights-privacy.js', 'sql-templates/trigger.sql', 'package-lock.json']) expect({ path, ignored: ignored(path) }).toEqual({ path, ignored: false });
   });
 
-  // Replays the build, which runs npm ci against the registry or npm's cache.
-  // The build does not depend on the PostgreSQL version, so the PostgreSQL 13
-  // and no-pgcrypto passes of `npm test` skip it.
-  const replayTest = process.env.INSIGHTS_PRIVACY_TEST_POSTGRES ? describe.skip : describe;
-  replayTest('build replayed without Docker', () => {
+  slowDescribe('build replayed without Docker', () => {
     let image: BuiltStage;
     let coder: CoderDatabase;
 

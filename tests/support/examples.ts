@@ -1,8 +1,8 @@
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { chmod, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { existsSync, readFileSync } from 'node:fs';
+import { chmod, copyFile, mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 
@@ -17,7 +17,7 @@ export interface ProcessRun {
   stderr: string;
 }
 
-/** Parses a YAML file of the repository; `path` is relative to its root. */
+/** Parses a YAML file of the repository, at `path` relative to its root. */
 export async function readYaml<T>(path: string): Promise<T> {
   return parse(await readFile(join(repositoryRoot, path), 'utf8')) as T;
 }
@@ -79,6 +79,24 @@ export async function createShimDir(): Promise<ShimDir> {
         .map((line) => line.split('\0').slice(0, -1));
     },
   };
+}
+
+/**
+ * Copies the files git would commit from a working tree (tracked files and
+ * untracked ones that .gitignore does not exclude) into a new folder, as a
+ * fresh checkout of this state would have them.
+ */
+export async function copyCommittableFiles(source: string, destination: string): Promise<void> {
+  const listing = await runProcess('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], { cwd: source, env: { PATH: process.env.PATH } });
+  if (listing.code !== 0) throw new Error(`git ls-files failed: ${listing.stderr}`);
+
+  for (const path of listing.stdout.split('\0').filter(Boolean)) {
+    const from = join(source, path);
+    // A file deleted in the working tree but still in the index is listed too.
+    if (!existsSync(from)) continue;
+    await mkdir(dirname(join(destination, path)), { recursive: true });
+    await copyFile(from, join(destination, path));
+  }
 }
 
 /**
