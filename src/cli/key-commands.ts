@@ -49,6 +49,13 @@ export function addKeyCommands(program: Command, deps: KeyCommandDeps): void {
     .description('give rows stamped from the next half hour on a new pseudonym key; old keys are kept')
     .option('-y, --yes', 'rotate without asking for confirmation')
     .option('--json', 'print the result as JSON')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  insights-privacy rotate-key
+  insights-privacy rotate-key --yes --json   # in a script; prints the new key's fingerprint`,
+    )
     .action((flags) =>
       run(async () => {
         const settings = await settingsFor(io, flags);
@@ -69,6 +76,13 @@ export function addKeyCommands(program: Command, deps: KeyCommandDeps): void {
     .option('--before <date>', 'delete keys whose period ended at or before this date (YYYY-MM-DD, midnight UTC) or timestamp with time zone')
     .option('-y, --yes', 'delete without asking for confirmation')
     .option('--json', 'print the result as JSON')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  insights-privacy forget-keys --before 2025-01-01
+  insights-privacy forget-keys --before 2025-07-01T00:00:00Z --yes`,
+    )
     .action((flags) =>
       run(async () => {
         const before = parseCutoff(required(flags.before, '--before', '--before 2025-01-01'));
@@ -91,6 +105,15 @@ export function addKeyCommands(program: Command, deps: KeyCommandDeps): void {
     .option('--out <file>', 'the file to create')
     .option('--force', 'replace the file if it exists')
     .option('--json', 'print the result as JSON (without the keys)')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  insights-privacy export-key --out coder-keys.json
+  insights-privacy export-key --out coder-keys.json --force   # overwrite an older export
+
+The file contains every key: store it like a database password.`,
+    )
     .action((flags) =>
       run(async () => {
         const out = required(flags.out, '--out', '--out coder-keys.json');
@@ -108,6 +131,13 @@ export function addKeyCommands(program: Command, deps: KeyCommandDeps): void {
     .option('--in <file>', 'the file that export-key wrote')
     .option('--force', "replace this database's key of a period where the file has another one")
     .option('--json', 'print the result as JSON')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  insights-privacy import-key --in coder-keys.json --database-url postgresql://coder@restored-db/coder
+  insights-privacy import-key --in coder-keys.json --force   # pseudonyms under replaced keys can no longer be linked`,
+    )
     .action((flags) =>
       run(async () => {
         const input = required(flags.in, '--in', '--in coder-keys.json');

@@ -16,7 +16,9 @@ const exitCodeHelp = `
 Exit codes:
   0  success; for status --check, enforcement matches the recorded mode
   1  status --check: enforcement is missing or drifted
-  2  error: invalid input, connection failure, missing privilege or SQL error (nothing changed)
+  2  error: invalid input, connection failure, missing privilege or SQL error. The failed
+     transaction changed nothing, but a backfill keeps the batches it committed before,
+     and apply keeps the mode it committed when only its --existing backfill failed
   3  aborted: the confirmation was declined, or was impossible without --yes;
      or Ctrl-C stopped a backfill after its current batch (run it again to continue)`;
 
@@ -341,6 +343,15 @@ after upgrading insights-privacy; see docs/migrations.md.`,
     .description("start an embedded PostgreSQL with Coder's tables, write traffic, apply anonymize and show the difference")
     .option('--column-set <year>', "Coder's 2025 or 2026 column set (default: 2026)")
     .option('--verbose', 'show stack traces of errors')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  insights-privacy demo
+  insights-privacy demo --column-set 2025   # Coder's tables before the 2026 changes
+
+It needs no database: the embedded server and its data are deleted at the end.`,
+    )
     .action((flags) =>
       run(async () => {
         const { runDemo } = await import('../commands/demo.js');

@@ -7,7 +7,12 @@ export const ExitCode = {
   ok: 0,
   /** `status --check` found enforcement missing or drifted. */
   checkFailed: 1,
-  /** Invalid input, connection failure, missing privilege or a database error. Nothing was changed. */
+  /**
+   * Invalid input, connection failure, missing privilege or a database error.
+   * The failed transaction changed nothing, but the batches a backfill
+   * committed before the error stay, and so does the mode that apply
+   * committed before its backfill.
+   */
   error: 2,
   /** The user declined the confirmation, or no confirmation was possible without `--yes`. */
   aborted: 3,
