@@ -325,8 +325,10 @@ Examples:
       `
 Examples:
   insights-privacy generate --mode anonymize --format node-pg-migrate --out migrations
-  npx node-pg-migrate up --migrations-dir migrations             # reads DATABASE_URL
   insights-privacy generate --mode disable --format sql --out db/migration --migration-version 20260501120000
+
+Run the files with:
+  npx node-pg-migrate up --migrations-dir migrations             # reads DATABASE_URL
   psql -v ON_ERROR_STOP=1 --single-transaction -f db/migration/V20260501120000__insights_privacy_disable.sql
 
 The files contain the SQL that apply would run on this database now, with apply's
