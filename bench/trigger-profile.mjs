@@ -1,20 +1,25 @@
 // Breaks the cost of the anonymize trigger down into its parts. It applies
 // anonymize (pgcrypto, key rotation none) to the fixture's 2026 tables on an
-// embedded PostgreSQL 18, then replaces the body of the trigger function of
-// workspace_agent_stats with one variant after another and times Coder's
-// agent stats batch insert (INSERT … SELECT FROM unnest of 1024-row arrays)
-// under each. The variants take turns in every round, in an order that shifts
-// by one each round; round 0 is a warm-up.
+// embedded PostgreSQL 18. Then it replaces the body of the trigger function
+// of workspace_agent_stats with one variant after another. Under each it
+// times Coder's agent stats batch insert (INSERT … SELECT FROM unnest of
+// 1024-row arrays) and single-row INSERTs, each in its own transaction. The
+// variants take turns in every round, in an order that shifts by one each
+// round. Round 0 is a warm-up.
 //
 // Two figures per variant: the wall time of the statements and the CPU time
 // of the server process that ran them, read from /proc/PID/schedstat, which
 // waiting for a CPU on a loaded machine does not inflate. Both are reported
-// per row, minus the figure of variant "off" (no trigger) in the same round.
+// per row or per INSERT, with the difference to variant "off" (no trigger)
+// in the same round. The variants that call pseudonym(), is_pseudonym() or
+// key_id() measure the functions of the installed version, so run the
+// script from a checkout of the version to measure.
 //
 // Some variants use a fixed dummy key written into their body: they measure
 // the cost of the HMAC without a key lookup, and are benchmark code only.
 //
-//   npm run build && node bench/trigger-profile.mjs [--rounds 9] [--batches 16] [--variants 'name;name;...']
+//   npm run build && node bench/trigger-profile.mjs [--rounds 9] [--batches 16] [--single-rows 300]
+//     [--variants 'name;name;...']
 import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
@@ -34,14 +39,16 @@ const { values: options } = parseArgs({
 const rounds = Number(options.rounds);
 const batches = Number(options.batches);
 const singleRows = Number(options['single-rows']);
-if (!Number.isInteger(rounds) || rounds < 1 || !Number.isInteger(batches) || batches < 1) {
-  console.error(`Invalid --rounds "${options.rounds}" or --batches "${options.batches}": expected positive integers`);
-  process.exit(2);
+for (const [name, value] of [['rounds', rounds], ['batches', batches], ['single-rows', singleRows]]) {
+  if (!Number.isInteger(value) || value < 1) {
+    console.error(`Invalid --${name} "${options[name]}": expected a positive integer`);
+    process.exit(2);
+  }
 }
 
 const schema = 'insights_privacy';
 const dummyKey = `'\\x${'5a'.repeat(32)}'::pg_catalog.bytea`;
-const label = "pg_catalog.convert_to('insights-privacy:user_id:v1\n', 'UTF8')";
+const label = `pg_catalog.decode('${Buffer.from('insights-privacy:user_id:v1\n', 'utf8').toString('hex')}', 'hex')`;
 const notPseudonym = 'pg_catalog.get_byte(pg_catalog.uuid_send(NEW.user_id), 6) OPERATOR(pg_catalog.>>) 4 OPERATOR(pg_catalog.<>) 8';
 
 // The key of policy none for the row, as key_id() selects it.
