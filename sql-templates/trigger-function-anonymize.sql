@@ -4,8 +4,8 @@
 -- The function computes each pseudonym itself, with the key selection, HMAC
 -- and UUID bits of pseudonym.sql, in one query per column, instead of
 -- calling pseudonym(), which would call is_pseudonym() and key_id() in turn.
--- Only when that query finds no key, or the row has no timestamp, does it
--- call pseudonym(), which then creates the key of a new period, raises the
+-- It calls pseudonym() only when that query finds no key or the row has no
+-- timestamp. pseudonym() then creates the key of a new period, raises the
 -- error for a forgotten period or a missing key, or returns NULL for a NULL
 -- timestamp. A value that is already a pseudonym passes through.
 --

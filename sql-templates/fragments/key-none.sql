@@ -1,7 +1,8 @@
 -- The FROM clause that selects the key of rotation policy none for a row
--- timestamp as the key row k: the key whose [valid_from, valid_until)
--- contains the timestamp, a NULL bound being open; the latest start wins,
--- then the newest row. apply creates the first key with no start, and
+-- timestamp, as the key row k. It is the key whose [valid_from,
+-- valid_until) contains the timestamp, where a NULL bound is open. The
+-- latest start wins, then the newest row. apply creates the first key with
+-- no start, and
 -- rotate-key adds one that starts at the next half hour. A NULL timestamp
 -- selects a key that has neither bound, so callers must not pass one. Every
 -- name is schema-qualified, because the trigger functions run this with the
