@@ -1,13 +1,11 @@
 -- Selects the key that pseudonymizes a row stamped row_time, under the
--- rotation policy that apply rendered into {{policy}}:
+-- rotation policy that apply rendered into the constant key_policy:
 -- - none: the key of policy none whose [valid_from, valid_until) contains
---   row_time, a NULL bound being open; the latest start wins. apply creates
---   the first key with no start, and rotate-key adds one that starts at the
---   next half hour.
+--   row_time (fragments/key-none.sql).
 -- - daily, weekly, monthly, yearly: the key of the UTC-aligned period that
---   contains row_time, created here on its first use. Concurrent first uses
---   insert with ON CONFLICT DO NOTHING and then read the row that won, so a
---   period never gets two keys.
+--   contains row_time (fragments/key-period.sql), created here on its first
+--   use. Concurrent first uses insert with ON CONFLICT DO NOTHING and then
+--   read the row that won, so a period never gets two keys.
 -- A row_time whose key forget-keys deleted raises an error rather than get
 -- a new key: new rows of a forgotten period must not become linkable.
 CREATE OR REPLACE FUNCTION {{schema}}.key_id(row_time timestamptz)
@@ -20,29 +18,10 @@ AS $ip_body$
 DECLARE
   key_policy constant text := {{policy}};
   utc_start timestamp;
-  period_start timestamptz;
-  period_end timestamptz;
   found_key integer;
 BEGIN
-  IF key_policy = 'none' THEN
-    SELECT k.id INTO found_key
-    FROM {{schema}}.keys AS k
-    WHERE k.policy = 'none'
-      AND (k.valid_from IS NULL OR k.valid_from <= row_time)
-      AND (k.valid_until IS NULL OR row_time < k.valid_until)
-    ORDER BY k.valid_from DESC NULLS LAST, k.id DESC
-    LIMIT 1;
-  ELSE
-    -- Timestamp arithmetic without a time zone, so that the session's
-    -- TimeZone setting cannot move a period boundary.
-    utc_start := date_trunc({{periodUnit}}, row_time AT TIME ZONE 'UTC');
-    period_start := utc_start AT TIME ZONE 'UTC';
-    period_end := (utc_start + {{periodLength}}) AT TIME ZONE 'UTC';
-    SELECT k.id INTO found_key
-    FROM {{schema}}.keys AS k
-    WHERE k.policy = key_policy AND k.valid_from = period_start;
-  END IF;
-
+  SELECT k.id INTO found_key
+  {{keySelection}};
   IF found_key IS NOT NULL THEN
     RETURN found_key;
   END IF;
@@ -60,12 +39,17 @@ BEGIN
       USING HINT = 'Run "insights-privacy apply --mode anonymize" to create one.';
   END IF;
 
-  found_key := {{schema}}.add_key({{schema}}.random_key(), key_policy, period_start, period_end);
-  IF found_key IS NULL THEN
-    SELECT k.id INTO found_key
-    FROM {{schema}}.keys AS k
-    WHERE k.policy = key_policy AND k.valid_from = period_start;
+  -- The period's bounds, on timestamp without time zone as in the key
+  -- selection, so that the session's TimeZone setting cannot move them.
+  utc_start := date_trunc({{periodUnit}}, row_time AT TIME ZONE 'UTC');
+  found_key := {{schema}}.add_key({{schema}}.random_key(), key_policy, utc_start AT TIME ZONE 'UTC', (utc_start + {{periodLength}}) AT TIME ZONE 'UTC');
+  IF found_key IS NOT NULL THEN
+    RETURN found_key;
   END IF;
+
+  -- A concurrent first use inserted the period's key first: read the winner.
+  SELECT k.id INTO found_key
+  {{keySelection}};
   RETURN found_key;
 END
 $ip_body$;

@@ -389,9 +389,10 @@ describe('core implementation', () => {
   });
 
   test('shadow sha256 is ignored', async () => {
-    // A writer with CREATE on the database puts functions named like those
-    // of the core HMAC before pg_catalog on its search path. The enforcement
-    // functions run with their own fixed search path, so they never call them.
+    // A writer with CREATE on the database puts functions and an operator
+    // named like those of the core HMAC before pg_catalog on its search
+    // path. The trigger functions, which run with that search path, name
+    // every one with its schema, so they never call the shadows.
     const writer = await createLoginRole('hmac_writer', coder.database);
     await grantOnUsageTables(coder.client, '2026', writer.name, ['INSERT', 'SELECT']);
     await coder.client.query(`GRANT CREATE ON DATABASE "${coder.database.name}" TO "${writer.name}"`);
@@ -403,6 +404,9 @@ describe('core implementation', () => {
         CREATE FUNCTION shadow.sha256(bytea) RETURNS bytea LANGUAGE sql AS $$ SELECT ${zeros} $$;
         CREATE FUNCTION shadow.uuid_send(uuid) RETURNS bytea LANGUAGE sql AS $$ SELECT ${zeros} $$;
         CREATE FUNCTION shadow.convert_to(text, name) RETURNS bytea LANGUAGE sql AS $$ SELECT ${zeros} $$;
+        CREATE FUNCTION shadow.decode(text, text) RETURNS bytea LANGUAGE sql AS $$ SELECT ${zeros} $$;
+        CREATE FUNCTION shadow.zeros(bytea, bytea) RETURNS bytea LANGUAGE sql AS $$ SELECT ${zeros} $$;
+        CREATE OPERATOR shadow.|| (LEFTARG = bytea, RIGHTARG = bytea, FUNCTION = shadow.zeros);
         SET search_path = shadow, pg_catalog, public;
       `);
       const shadowed = await scalar<string>(client, "SELECT encode(sha256('\\x01'::bytea), 'hex') AS value");
@@ -712,6 +716,13 @@ describe('hmac setting', () => {
   const functionTemplates = (result: ApplyResult | null) =>
     [...new Set((result?.statements ?? []).map((statement) => statement.template).filter((template) => /^(pseudonym|random-key)/.test(template)))].sort();
 
+  /** Names the HMAC that the dry run's pseudonym() computes: core sha256() on the padded keys, or pgcrypto's hmac(). */
+  const pseudonymHmac = (result: ApplyResult | null) => {
+    const sql = (result?.statements ?? []).filter((statement) => statement.template === 'pseudonym.sql').map((statement) => statement.sql).join('\n');
+    if (sql.includes('pg_catalog.sha256(k.outer_key_pad')) return 'core';
+    return sql.includes('."hmac"(') ? 'pgcrypto' : 'none found';
+  };
+
   // Core wins in each case, so the cases run on servers with and without pgcrypto.
   test.each([
     { level: 'flag', args: ['--hmac', 'core'], env: { INSIGHTS_PRIVACY_HMAC: 'pgcrypto' }, file: { hmac: 'pgcrypto' } },
@@ -722,7 +733,8 @@ describe('hmac setting', () => {
 
     expect(run.code).toBe(ExitCode.ok);
     expect(result?.hmac).toBe('core');
-    expect(functionTemplates(result)).toEqual(['pseudonym-core.sql', 'random-key-core.sql']);
+    expect(functionTemplates(result)).toEqual(['pseudonym.sql', 'random-key-core.sql']);
+    expect(pseudonymHmac(result)).toBe('core');
   });
 
   test('default is auto', async () => {
@@ -730,7 +742,8 @@ describe('hmac setting', () => {
 
     expect(run.code).toBe(ExitCode.ok);
     expect(result?.hmac).toBe(pgcryptoAvailable() ? 'pgcrypto' : 'core');
-    expect(functionTemplates(result)).toEqual(pgcryptoAvailable() ? ['pseudonym.sql', 'random-key-pgcrypto.sql'] : ['pseudonym-core.sql', 'random-key-core.sql']);
+    expect(functionTemplates(result)).toEqual(pgcryptoAvailable() ? ['pseudonym.sql', 'random-key-pgcrypto.sql'] : ['pseudonym.sql', 'random-key-core.sql']);
+    expect(pseudonymHmac(result)).toBe(pgcryptoAvailable() ? 'pgcrypto' : 'core');
   });
 
   test('disable ignores it', async () => {

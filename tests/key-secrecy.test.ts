@@ -183,9 +183,11 @@ describe('key secrecy under anonymize', () => {
 
   test('shadow objects on search_path are ignored', async () => {
     // Coder's role usually has CREATE on its database, because coder server
-    // runs its own migrations. The shadow objects copy the names that the
-    // enforcement functions use, and the search path puts them before
-    // pg_catalog, so only the functions' own fixed search_path keeps them out.
+    // runs its own migrations. The shadow objects copy the names of the
+    // functions, operators, types and tables that the enforcement functions
+    // use, and the search path puts them before pg_catalog. The trigger
+    // functions run with the writer's search path and name every object
+    // with its schema; the other functions fix their own search path.
     await coder.client.query(`GRANT CREATE ON DATABASE "${coder.database.name}" TO "${app.name}"`);
     const attacker = await app.connect();
     const shadowKey = `\\x${'00'.repeat(32)}`;
@@ -195,19 +197,36 @@ describe('key secrecy under anonymize', () => {
         CREATE SCHEMA shadow;
         CREATE TABLE shadow.keys (id integer, key bytea, fingerprint text, created_at timestamptz);
         INSERT INTO shadow.keys VALUES (1, '${shadowKey}', 'shadow', now());
-        CREATE FUNCTION shadow.hmac(bytea, bytea, text) RETURNS bytea LANGUAGE sql AS $$ SELECT '${shadowKey}'::bytea $$;
+        CREATE FUNCTION shadow.hmac(bytea, bytea, text) RETURNS bytea LANGUAGE sql AS $$ SELECT '${shadowKey}'::pg_catalog.bytea $$;
         CREATE FUNCTION shadow.pseudonym(uuid) RETURNS uuid LANGUAGE sql AS $$ SELECT '${shadowPseudonym}'::uuid $$;
         CREATE FUNCTION shadow.is_pseudonym(uuid) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
-        CREATE FUNCTION shadow.uuid_send(uuid) RETURNS bytea LANGUAGE sql AS $$ SELECT '${shadowKey}'::bytea $$;
+        CREATE FUNCTION shadow.uuid_send(uuid) RETURNS bytea LANGUAGE sql AS $$ SELECT '${shadowKey}'::pg_catalog.bytea $$;
         CREATE FUNCTION shadow.encode(bytea, text) RETURNS text LANGUAGE sql AS $$ SELECT replace('${shadowPseudonym}', '-', '') $$;
+        CREATE FUNCTION shadow.decode(text, text) RETURNS bytea LANGUAGE sql AS $$ SELECT '${shadowKey}'::pg_catalog.bytea $$;
+        CREATE FUNCTION shadow.get_byte(bytea, integer) RETURNS integer LANGUAGE sql AS $$ SELECT 128 $$;
+        CREATE FUNCTION shadow.set_byte(bytea, integer, integer) RETURNS bytea LANGUAGE sql AS $$ SELECT '${shadowKey}'::pg_catalog.bytea $$;
+        CREATE FUNCTION shadow.substr(bytea, integer, integer) RETURNS bytea LANGUAGE sql AS $$ SELECT '${shadowKey}'::pg_catalog.bytea $$;
+        CREATE FUNCTION shadow.eight(integer, integer) RETURNS integer LANGUAGE sql AS $$ SELECT 8 $$;
+        CREATE FUNCTION shadow.always(integer, integer) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+        CREATE FUNCTION shadow.never(timestamptz, timestamptz) RETURNS boolean LANGUAGE sql AS $$ SELECT false $$;
+        CREATE FUNCTION shadow.zeros(bytea, bytea) RETURNS bytea LANGUAGE sql AS $$ SELECT '${shadowKey}'::pg_catalog.bytea $$;
+        CREATE OPERATOR shadow.>> (LEFTARG = integer, RIGHTARG = integer, FUNCTION = shadow.eight);
+        CREATE OPERATOR shadow.= (LEFTARG = integer, RIGHTARG = integer, FUNCTION = shadow.always);
+        CREATE OPERATOR shadow.<> (LEFTARG = integer, RIGHTARG = integer, FUNCTION = shadow.always);
+        CREATE OPERATOR shadow.<= (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = shadow.never);
+        CREATE OPERATOR shadow.< (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = shadow.never);
+        CREATE OPERATOR shadow.|| (LEFTARG = bytea, RIGHTARG = bytea, FUNCTION = shadow.zeros);
         CREATE TEMP TABLE keys (id integer, key bytea, fingerprint text, created_at timestamptz);
         INSERT INTO pg_temp.keys VALUES (1, '${shadowKey}', 'shadow', now());
         CREATE FUNCTION pg_temp.is_pseudonym(uuid) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
-        CREATE FUNCTION pg_temp.hmac(bytea, bytea, text) RETURNS bytea LANGUAGE sql AS $$ SELECT '${shadowKey}'::bytea $$;
+        CREATE FUNCTION pg_temp.hmac(bytea, bytea, text) RETURNS bytea LANGUAGE sql AS $$ SELECT '${shadowKey}'::pg_catalog.bytea $$;
+        CREATE DOMAIN pg_temp.bytea AS text;
         SET search_path = shadow, pg_temp, pg_catalog, public;
       `);
       const { rows: resolved } = await attacker.query<{ pseudonym: string }>('SELECT pseudonym($1)::text AS pseudonym', [randomUUID()]);
+      const { rows: versionTest } = await attacker.query<{ passes: boolean }>('SELECT get_byte(uuid_send($1::pg_catalog.uuid), 6) >> 4 = 8 AS passes', [randomUUID()]);
       expect(resolved[0].pseudonym).toBe(shadowPseudonym);
+      expect(versionTest[0].passes).toBe(true);
       const agentUser = coder.population.users[1].id;
       const appUser = coder.population.users[2].id;
 

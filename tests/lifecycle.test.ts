@@ -744,9 +744,17 @@ describe.each(columnSets)('column set %s', (columnSet) => {
       },
       {
         name: 'function without search_path',
-        sql: 'ALTER FUNCTION insights_privacy.enforce_workspace_app_stats() RESET search_path',
+        sql: 'ALTER FUNCTION insights_privacy.pseudonym(uuid, timestamptz) RESET search_path',
+        object: 'insights_privacy.pseudonym()',
+        problem: 'runs with "no fixed search_path" instead of "search_path=pg_catalog, pg_temp"',
+      },
+      // The trigger functions run with the writer's search_path on purpose
+      // (see trigger-function-anonymize.sql), so a fixed one is drift too.
+      {
+        name: 'trigger function with search_path',
+        sql: 'ALTER FUNCTION insights_privacy.enforce_workspace_app_stats() SET search_path = public, pg_temp',
         object: 'insights_privacy.enforce_workspace_app_stats()',
-        problem: 'no fixed search_path',
+        problem: 'runs with "search_path=public, pg_temp" instead of "no fixed search_path"',
       },
       {
         name: 'function executable by PUBLIC',

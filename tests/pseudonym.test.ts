@@ -172,6 +172,49 @@ describe('pseudonyms under anonymize', () => {
     expect(await pseudonymsOf(coder.client, ids)).toEqual(ids.map((id) => hmacPseudonym(key, id)));
   });
 
+  test('trigger matches HMAC-SHA256 in Node', async () => {
+    // The trigger functions compute the pseudonym inline, apart from pseudonym().
+    const versions = [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15];
+    const rows = Array.from({ length: 260 }, (_, index): AgentStatRow => ({
+      id: randomUUID(),
+      createdAt: new Date(usageStart),
+      userId: index < 200 ? randomUUID() : uuidWithVersion(versions[index % versions.length]),
+      agentId: workspace.agentId,
+      workspaceId: workspace.id,
+      templateId: workspace.templateId,
+      connectionCount: 1,
+      sessionCounts: {},
+    }));
+
+    await insertAgentStats(coder.client, '2026', rows);
+
+    const { rows: stored } = await coder.client.query<{ user_id: string }>(
+      `SELECT s.user_id::text FROM unnest($1::uuid[]) WITH ORDINALITY AS input(id, position)
+       JOIN workspace_agent_stats AS s ON s.id = input.id ORDER BY input.position`,
+      [rows.map((row) => row.id)],
+    );
+    expect(stored.map((row) => row.user_id)).toEqual(rows.map((row) => hmacPseudonym(key, row.userId)));
+  });
+
+  test('trigger uses the newest key', async () => {
+    const { rows: added } = await coder.client.query<{ id: number }>(
+      `INSERT INTO ${privacySchema}.keys (key, fingerprint)
+       VALUES (decode(md5(random()::text) || md5(random()::text), 'hex'), 'test key')
+       RETURNING id`,
+    );
+    try {
+      const newest = await readNewestKey(coder.client);
+      const userId = randomUUID();
+
+      const keys = await writeEveryTable(coder.client, workspace, userId);
+
+      const stored = await readEveryTable(coder.client, keys);
+      for (const [table, userIds] of Object.entries(stored)) expect({ table, userIds }).toEqual({ table, userIds: [hmacPseudonym(newest, userId)] });
+    } finally {
+      await coder.client.query(`DELETE FROM ${privacySchema}.keys WHERE id = $1`, [added[0].id]);
+    }
+  });
+
   test('same id in every table', async () => {
     const keys = await writeEveryTable(coder.client, workspace, workspace.ownerId);
 

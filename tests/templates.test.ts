@@ -85,26 +85,51 @@ describe('renderTemplate', () => {
   });
 
   test('anonymize trigger function exact text', () => {
-    const expected = triggerFunction('insights_privacy', appStats, 'anonymize');
+    const expected = triggerFunction('insights_privacy', appStats, 'anonymize', { hmac: 'pgcrypto', crypto: { schema: 'public', create: false }, policy: 'none' });
+    const body = [
+      'DECLARE',
+      '  digest pg_catalog.bytea;',
+      'BEGIN',
+      '  IF NOT (pg_catalog.get_byte(pg_catalog.uuid_send(NEW."user_id"), 6) OPERATOR(pg_catalog.>>) 4 OPERATOR(pg_catalog.=) 8) THEN',
+      `    SELECT "public"."hmac"(pg_catalog.decode('696e7369676874732d707269766163793a757365725f69643a76310a', 'hex') OPERATOR(pg_catalog.||) pg_catalog.uuid_send(NEW."user_id"), k.key, 'sha256'::pg_catalog.text) INTO digest`,
+      '    FROM "insights_privacy".keys AS k',
+      "    WHERE k.policy OPERATOR(pg_catalog.=) 'none'",
+      '      AND (k.valid_from IS NULL OR k.valid_from OPERATOR(pg_catalog.<=) NEW."session_started_at")',
+      '      AND (k.valid_until IS NULL OR NEW."session_started_at" OPERATOR(pg_catalog.<) k.valid_until)',
+      '    ORDER BY k.valid_from DESC NULLS LAST, k.id DESC',
+      '    LIMIT 1;',
+      '    IF digest IS NULL OR NEW."session_started_at" IS NULL THEN',
+      '      NEW."user_id" := "insights_privacy".pseudonym(NEW."user_id", NEW."session_started_at");',
+      '    ELSE',
+      "      NEW.\"user_id\" := pg_catalog.encode(pg_catalog.substr(pg_catalog.set_byte(pg_catalog.set_byte(digest, 6, pg_catalog.get_byte(digest, 6) OPERATOR(pg_catalog.&) 15 OPERATOR(pg_catalog.|) 128), 8, pg_catalog.get_byte(digest, 8) OPERATOR(pg_catalog.&) 63 OPERATOR(pg_catalog.|) 128), 1, 16), 'hex')::pg_catalog.uuid;",
+      '    END IF;',
+      '  END IF;',
+      '  RETURN NEW;',
+      'END',
+    ];
 
     expect(expected.name).toBe('enforce_workspace_app_stats');
-    expect(expected.body).toBe('\nBEGIN\n  NEW."user_id" := "insights_privacy".pseudonym(NEW."user_id", NEW."session_started_at");\n  RETURN NEW;\nEND\n');
+    expect(expected.body).toBe(`\n${body.join('\n')}\n`);
+    expect(expected.config).toBe('');
     expect(expected.statements.map((statement) => statement.sql)).toEqual([
-      [
-        'CREATE OR REPLACE FUNCTION "insights_privacy"."enforce_workspace_app_stats"()',
-        'RETURNS trigger',
-        'LANGUAGE plpgsql',
-        'SECURITY DEFINER',
-        'SET search_path = pg_catalog, pg_temp',
-        'AS $ip_body$',
-        'BEGIN',
-        '  NEW."user_id" := "insights_privacy".pseudonym(NEW."user_id", NEW."session_started_at");',
-        '  RETURN NEW;',
-        'END',
-        '$ip_body$;',
-      ].join('\n'),
+      ['CREATE OR REPLACE FUNCTION "insights_privacy"."enforce_workspace_app_stats"()', 'RETURNS trigger', 'LANGUAGE plpgsql', 'SECURITY DEFINER', 'AS $ip_body$', ...body, '$ip_body$;'].join('\n'),
       'REVOKE ALL ON FUNCTION "insights_privacy"."enforce_workspace_app_stats"() FROM PUBLIC;',
     ]);
+  });
+
+  test('anonymize trigger function needs the pseudonym setup', () => {
+    const error = errorOf(() => triggerFunction('insights_privacy', appStats, 'anonymize'));
+
+    expect(error.message).toBe('triggerFunction: anonymize needs the pseudonym setup');
+  });
+
+  test('trigger function selects a period key by its start', () => {
+    const expected = triggerFunction('insights_privacy', appStats, 'anonymize', { hmac: 'core', crypto: null, policy: 'monthly' });
+
+    expect(expected.body).toContain('pg_catalog.sha256(k.outer_key_pad OPERATOR(pg_catalog.||) pg_catalog.sha256(k.inner_key_pad OPERATOR(pg_catalog.||)');
+    expect(expected.body).toContain(
+      "WHERE k.policy OPERATOR(pg_catalog.=) 'monthly'\n      AND k.valid_from OPERATOR(pg_catalog.=) (pg_catalog.date_trunc('month', NEW.\"session_started_at\" AT TIME ZONE 'UTC') AT TIME ZONE 'UTC');",
+    );
   });
 
   test('disable trigger function body', () => {

@@ -2,12 +2,12 @@ import type pg from 'pg';
 import type { BackfillAction } from '../core/backfill.js';
 import { readBackfillProgress, type RecordedBackfill } from '../core/backfill-progress.js';
 import { describeHmac, triggerFunction, triggerFunctionName, protectedTables } from '../core/enforcement.js';
-import { findDrift, type Finding } from '../core/findings.js';
+import { expectedPseudonymSetup, findDrift, type Finding } from '../core/findings.js';
 import { countRows, currentDatabase, inspectInstallation, roleExposure, type Installation, type RoleExposure, type RowCounts } from '../core/inspect.js';
 import { keyState, recordedPolicy, type KeyPolicy, type KeyState } from '../core/keys.js';
 import { validateSchemaName } from '../core/preflight.js';
 import { getProfile } from '../profiles/index.js';
-import type { ForeignKeyState, Scope } from '../profiles/types.js';
+import type { EnforcedMode, ForeignKeyState, Scope, UsageTable } from '../profiles/types.js';
 
 /** Settings of `status`, validated by the caller. */
 export interface StatusSettings {
@@ -140,6 +140,13 @@ function foreignKeyStatus(state: ForeignKeyState): ForeignKeyStatus {
 
 const dayMs = 24 * 60 * 60 * 1000;
 
+/** Tells whether an installed trigger function has the body this version renders; false when pgcrypto is missing, so none can be rendered. */
+function functionMatches(body: string, schema: string, table: UsageTable, mode: EnforcedMode, installation: Installation): boolean {
+  const setup = mode === 'anonymize' ? expectedPseudonymSetup(installation, installation.state) : undefined;
+  if (setup === null) return false;
+  return body === triggerFunction(schema, table, mode, setup).body;
+}
+
 function hmacInUse(installation: Installation): string | null {
   if (!installation.hmac || !installation.functions.has('pseudonym')) return null;
   if (installation.hmac === 'pgcrypto' && (!installation.crypto || installation.crypto.create)) return null;
@@ -171,7 +178,7 @@ export async function readStatus(client: pg.ClientBase, settings: StatusSettings
       protected: protectedSet.has(table),
       trigger: trigger ? 'present' : 'missing',
       enabledAlways: trigger ? trigger.enabled === 'A' : null,
-      functionMatches: installed && expectedMode ? installed.body === triggerFunction(settings.schema, table, expectedMode).body : null,
+      functionMatches: installed && expectedMode ? functionMatches(installed.body, settings.schema, table, expectedMode, installation) : null,
       rows: settings.counts ? await countRows(client, detection, table) : null,
       canBypass: exposure.filter((role) => role.canBypass),
       canProbe: exposure.filter((role) => !role.canBypass),

@@ -1,5 +1,5 @@
 import { ident, joinSql, literal, qualified, SqlFragment, type Statement } from './sql.js';
-import { functionBody, renderTemplate, templateStatements } from './templates.js';
+import { functionBody, renderFragment, renderTemplate, templateStatements } from './templates.js';
 import { replaceForeignKey, restoreForeignKey } from '../profiles/foreign-keys.js';
 import type { Detection, EnforcedMode, Profile, Scope, UsageTable } from '../profiles/types.js';
 import { toolVersion } from './version.js';
@@ -68,18 +68,75 @@ export function replacesForeignKeys(mode: Mode, scope: Scope): boolean {
   return mode === 'anonymize' && scope === 'source';
 }
 
-/** One function the tool installs, with the body that drift detection expects. */
+/** One function the tool installs, with the body and settings that drift detection expects. */
 export interface ExpectedFunction {
   readonly name: string;
   readonly statements: Statement[];
   readonly body: string;
   /** Whether the template declares the function SECURITY DEFINER. */
   readonly securityDefiner: boolean;
+  /**
+   * The function's settings as pg_proc.proconfig joined with commas, such as
+   * "search_path=pg_catalog, pg_temp", or "" for a function without a SET
+   * clause. Taken from the template's `SET search_path = …` line.
+   */
+  readonly config: string;
 }
+
+const searchPathClause = /^SET search_path = (.+)$/m;
 
 function expectedFunction(name: string, template: string, variables: Record<string, SqlFragment>, securityDefiner = true): ExpectedFunction {
   const rendered = renderTemplate(template, variables);
-  return { name, statements: templateStatements(template, variables), body: functionBody(rendered), securityDefiner };
+  const searchPath = searchPathClause.exec(rendered);
+  return {
+    name,
+    statements: templateStatements(template, variables),
+    body: functionBody(rendered),
+    securityDefiner,
+    config: searchPath ? `search_path=${searchPath[1]}` : '',
+  };
+}
+
+/** What the computation of a pseudonym depends on. */
+export interface PseudonymSetup {
+  readonly hmac: HmacImplementation;
+  /** Location of pgcrypto; needed for the pgcrypto implementation only. */
+  readonly crypto: CryptoLocation | null;
+  readonly policy: KeyPolicy;
+}
+
+/**
+ * The pieces of SQL that compute a pseudonym, shared by pseudonym() and the
+ * trigger functions so that both compute the same one. Each takes the SQL
+ * expression of its input: the id, the row's timestamp, or the variable
+ * that holds the digest. The digest expression reads the key row `k` that
+ * the key selection's FROM clause names.
+ */
+interface PseudonymParts {
+  isPseudonym(id: SqlFragment): SqlFragment;
+  digest(id: SqlFragment): SqlFragment;
+  keySelection(rowTime: SqlFragment): SqlFragment;
+  uuid(digest: SqlFragment): SqlFragment;
+}
+
+function pseudonymParts(schemaName: string, setup: PseudonymSetup): PseudonymParts {
+  const schema = ident(schemaName);
+  const label = literal(Buffer.from(domainLabel, 'utf8').toString('hex'));
+  const { hmac, crypto, policy } = setup;
+  if (hmac === 'pgcrypto' && !crypto) throw new Error('pseudonymParts: the pgcrypto implementation needs the location of pgcrypto');
+
+  return {
+    isPseudonym: (id) => renderFragment('fragments/is-pseudonym.sql', { id }),
+    digest: (id) =>
+      hmac === 'core'
+        ? renderFragment('fragments/digest-core.sql', { id, label })
+        : renderFragment('fragments/digest-pgcrypto.sql', { id, label, hmac: qualified((crypto as CryptoLocation).schema, 'hmac') }),
+    keySelection: (rowTime) =>
+      policy === 'none'
+        ? renderFragment('fragments/key-none.sql', { schema, rowTime })
+        : renderFragment('fragments/key-period.sql', { schema, rowTime, policy: literal(policy), periodUnit: periodVariables(policy).periodUnit }),
+    uuid: (digest) => renderFragment('fragments/pseudonym-uuid.sql', { digest }),
+  };
 }
 
 /**
@@ -89,32 +146,38 @@ function expectedFunction(name: string, template: string, variables: Record<stri
  * needed for pgcrypto only.
  */
 export function pseudonymFunctions(schemaName: string, hmac: HmacImplementation, crypto: CryptoLocation | null, policy: KeyPolicy = 'none'): ExpectedFunction[] {
+  if (hmac === 'pgcrypto' && !crypto) throw new Error('pseudonymFunctions: the pgcrypto implementation needs the location of pgcrypto');
   const schema = ident(schemaName);
-  const pseudonymVariables = { schema, schemaName: literal(schemaName), domainLabel: literal(domainLabel) };
-  const helpers = [
-    expectedFunction('is_pseudonym', 'is-pseudonym.sql', { schema }, false),
+  const parts = pseudonymParts(schemaName, { hmac, crypto, policy });
+  // Qualified with the function name, because the key table has a column id too.
+  const id = SqlFragment.trusted('pseudonym.id');
+  const rowTime = SqlFragment.trusted('row_time');
+
+  const randomKey =
+    hmac === 'core'
+      ? expectedFunction('random_key', 'random-key-core.sql', { schema }, false)
+      : expectedFunction('random_key', 'random-key-pgcrypto.sql', { schema, genRandomBytes: qualified((crypto as CryptoLocation).schema, 'gen_random_bytes') }, false);
+  return [
+    expectedFunction('is_pseudonym', 'is-pseudonym.sql', { schema, test: parts.isPseudonym(SqlFragment.trusted('id')) }, false),
     expectedFunction('hmac_key_pad', 'hmac-key-pad.sql', { schema }, false),
     expectedFunction('hmac_sha256', 'hmac-sha256.sql', { schema }, false),
-  ];
-  const keyFunctions = [
+    randomKey,
     expectedFunction('add_key', 'add-key.sql', { schema }),
-    expectedFunction('key_id', 'key-id.sql', { schema, schemaName: literal(schemaName), policy: literal(policy), ...periodVariables(policy) }),
-  ];
-
-  if (hmac === 'core') {
-    return [
-      ...helpers,
-      expectedFunction('random_key', 'random-key-core.sql', { schema }, false),
-      ...keyFunctions,
-      expectedFunction('pseudonym', 'pseudonym-core.sql', pseudonymVariables),
-    ];
-  }
-  if (!crypto) throw new Error('pseudonymFunctions: the pgcrypto implementation needs the location of pgcrypto');
-  return [
-    ...helpers,
-    expectedFunction('random_key', 'random-key-pgcrypto.sql', { schema, genRandomBytes: qualified(crypto.schema, 'gen_random_bytes') }, false),
-    ...keyFunctions,
-    expectedFunction('pseudonym', 'pseudonym.sql', { ...pseudonymVariables, hmac: qualified(crypto.schema, 'hmac') }),
+    expectedFunction('key_id', 'key-id.sql', {
+      schema,
+      schemaName: literal(schemaName),
+      policy: literal(policy),
+      keySelection: indent(parts.keySelection(rowTime), '  '),
+      ...periodVariables(policy),
+    }),
+    expectedFunction('pseudonym', 'pseudonym.sql', {
+      schema,
+      schemaName: literal(schemaName),
+      isPseudonym: parts.isPseudonym(id),
+      digest: parts.digest(id),
+      keySelection: indent(parts.keySelection(rowTime), '  '),
+      uuid: parts.uuid(SqlFragment.trusted('digest')),
+    }),
   ];
 }
 
@@ -123,18 +186,39 @@ export function stateFunctions(schemaName: string): ExpectedFunction[] {
   return [expectedFunction('state_digest', 'state-digest.sql', { schema: ident(schemaName) }, false)];
 }
 
-/** The trigger function of one protected table for a mode. */
-export function triggerFunction(schemaName: string, table: UsageTable, mode: EnforcedMode): ExpectedFunction {
+/**
+ * The trigger function of one protected table for a mode. Under anonymize
+ * it computes the pseudonyms inline, so it depends on `pseudonym`, the
+ * setup that pseudonymFunctions() renders too.
+ */
+export function triggerFunction(schemaName: string, table: UsageTable, mode: EnforcedMode, pseudonym?: PseudonymSetup): ExpectedFunction {
   const schema = ident(schemaName);
   const name = triggerFunctionName(table);
   const fn = qualified(schemaName, name);
 
   if (mode === 'disable') return expectedFunction(name, 'trigger-function-disable.sql', { function: fn });
+  if (!pseudonym) throw new Error('triggerFunction: anonymize needs the pseudonym setup');
 
-  const assignments = table.userColumns.map((column) =>
-    renderTemplate('trigger-assignment.sql', { column: ident(column), timeColumn: ident(table.timeColumn), schema }).trimEnd(),
-  );
+  const parts = pseudonymParts(schemaName, pseudonym);
+  const rowTime = SqlFragment.trusted(`NEW.${ident(table.timeColumn).text}`);
+  const assignments = table.userColumns.map((column) => {
+    const id = SqlFragment.trusted(`NEW.${ident(column).text}`);
+    return renderTemplate('trigger-assignment.sql', {
+      column: ident(column),
+      timeColumn: ident(table.timeColumn),
+      schema,
+      isPseudonym: parts.isPseudonym(id),
+      digest: parts.digest(id),
+      keySelection: indent(parts.keySelection(rowTime), '    '),
+      uuid: parts.uuid(SqlFragment.trusted('digest')),
+    }).trimEnd();
+  });
   return expectedFunction(name, 'trigger-function-anonymize.sql', { function: fn, assignments: SqlFragment.trusted(assignments.join('\n')) });
+}
+
+/** Indents every line of a multi-line fragment after the first, which the template indents itself. */
+function indent(fragment: SqlFragment, prefix: string): SqlFragment {
+  return SqlFragment.trusted(fragment.text.split('\n').join(`\n${prefix}`));
 }
 
 /** Returns the events the trigger fires on: anonymize also catches an UPDATE that sets a user id. */
@@ -217,10 +301,11 @@ export function planApply(detection: Detection, target: EnforcementTarget, conte
 
   if (mode === 'anonymize') statements.push(...pseudonymStatements(schemaName, target.rotate ?? 'none', context));
 
+  const pseudonym = mode === 'anonymize' && context.hmac ? { hmac: context.hmac, crypto: context.crypto, policy: target.rotate ?? 'none' } : undefined;
   const protectedSet = new Set(protectedTables(detection, mode, scope));
   for (const table of detection.tables) {
     if (protectedSet.has(table)) {
-      statements.push(...triggerFunction(schemaName, table, mode).statements, ...triggerStatements(schemaName, table, mode));
+      statements.push(...triggerFunction(schemaName, table, mode, pseudonym).statements, ...triggerStatements(schemaName, table, mode));
     } else {
       statements.push(...removeTriggerStatements(schemaName, table));
     }

@@ -8,6 +8,7 @@ import {
   triggerFunctionName,
   triggerName,
   type ExpectedFunction,
+  type PseudonymSetup,
 } from './enforcement.js';
 import type { Installation, InstalledFunction, InstalledTrigger, OtherTrigger, RecordedState, RecordedTable, TableCatalog } from './inspect.js';
 import type { UsageTable } from '../profiles/types.js';
@@ -72,13 +73,13 @@ export function allowedTriggers(state: RecordedState | null): AllowedTrigger[] {
   );
 }
 
-const searchPathConfig = 'search_path=pg_catalog, pg_temp';
+const describeConfig = (config: string) => config || 'no fixed search_path';
 
 function functionProblems(expected: ExpectedFunction, installed: InstalledFunction | undefined): string | null {
   if (!installed) return 'is missing';
   if (installed.body !== expected.body) return 'has a body that differs from what this version of insights-privacy installs (replaced or edited)';
   if (installed.securityDefiner !== expected.securityDefiner) return expected.securityDefiner ? 'is not SECURITY DEFINER' : 'is SECURITY DEFINER';
-  if (installed.config !== searchPathConfig) return `runs with "${installed.config || 'no fixed search_path'}" instead of "${searchPathConfig}"`;
+  if (installed.config !== expected.config) return `runs with "${describeConfig(installed.config)}" instead of "${describeConfig(expected.config)}"`;
   if (installed.publicExecute) return 'is executable by PUBLIC';
   return null;
 }
@@ -117,15 +118,28 @@ function foreignKeyFinding(state: ForeignKeyState, replaced: boolean): Finding |
 
 const keyPadColumns = ['inner_key_pad', 'outer_key_pad'];
 
+/**
+ * The pseudonym setup that the recorded state and the installed pgcrypto
+ * call for, which the expected anonymize functions are rendered with; null
+ * when the recorded implementation is pgcrypto and pgcrypto is missing, so
+ * that nothing can be compared.
+ */
+export function expectedPseudonymSetup(installation: Installation, state: RecordedState | null): PseudonymSetup | null {
+  const hmac = installation.hmac ?? 'pgcrypto';
+  if (hmac === 'pgcrypto' && (!installation.crypto || installation.crypto.create)) return null;
+  return { hmac, crypto: installation.crypto, policy: recordedPolicy(state) };
+}
+
 /** Compares the pseudonym functions and keys with what the recorded HMAC implementation and rotation policy need. */
 function pseudonymFindings(installation: Installation, schema: string, policy: KeyPolicy): Finding[] {
   const findings: Finding[] = [];
   const hmac = installation.hmac ?? 'pgcrypto';
+  const setup = expectedPseudonymSetup(installation, installation.state);
 
-  if (hmac === 'pgcrypto' && (!installation.crypto || installation.crypto.create)) {
+  if (!setup) {
     findings.push({ severity: 'error', code: 'extension-missing', object: 'extension pgcrypto', problem: 'is missing, so pseudonyms cannot be computed', fix: 'insights-privacy apply' });
   } else {
-    for (const expected of pseudonymFunctions(schema, hmac, installation.crypto, policy)) {
+    for (const expected of pseudonymFunctions(schema, setup.hmac, setup.crypto, policy)) {
       const problem = functionProblems(expected, installation.functions.get(expected.name));
       if (problem) findings.push({ severity: 'error', code: 'function-changed', object: `${schema}.${expected.name}()`, problem, fix: 'insights-privacy apply' });
     }
@@ -298,11 +312,16 @@ export function findDrift(detection: Detection, installation: Installation, sche
       if (trigger) findings.push({ severity: 'error', code: 'trigger-not-expected', object: table.name, problem: `has an insights-privacy trigger, but ${mode} with scope ${scope} does not protect it`, fix: 'insights-privacy apply' });
       continue;
     }
-    const expected = triggerFunction(schema, table, mode);
     const triggerProblem = triggerProblems(trigger, schema, triggerFunctionName(table), mode, table.userColumns);
     if (triggerProblem) findings.push({ severity: 'error', code: 'trigger-changed', object: table.name, problem: triggerProblem, fix: 'insights-privacy apply' });
-    const functionProblem = functionProblems(expected, installation.functions.get(expected.name));
-    if (functionProblem) findings.push({ severity: 'error', code: 'function-changed', object: `${schema}.${expected.name}()`, problem: functionProblem, fix: 'insights-privacy apply' });
+    // Without pgcrypto the anonymize trigger functions cannot be rendered;
+    // the missing extension is an error of its own above.
+    const setup = mode === 'anonymize' ? expectedPseudonymSetup(installation, state) : undefined;
+    if (setup !== null) {
+      const expected = triggerFunction(schema, table, mode, setup);
+      const functionProblem = functionProblems(expected, installation.functions.get(expected.name));
+      if (functionProblem) findings.push({ severity: 'error', code: 'function-changed', object: `${schema}.${expected.name}()`, problem: functionProblem, fix: 'insights-privacy apply' });
+    }
 
     const catalog = installation.tableCatalogs.get(table);
     if (!catalog) continue;

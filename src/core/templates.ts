@@ -59,6 +59,15 @@ export function renderTemplate(name: string, variables: TemplateVariables): stri
 }
 
 /**
+ * Renders a fragment template, a piece of an expression or a clause that
+ * other templates include through a variable, without its leading comment
+ * lines and surrounding white space.
+ */
+export function renderFragment(name: string, variables: TemplateVariables): SqlFragment {
+  return SqlFragment.trusted(stripLeadingComments(renderTemplate(name, variables)));
+}
+
+/**
  * Splits SQL text into statements at semicolons that end a line, outside
  * quoted strings, quoted identifiers, dollar-quoted bodies and comments.
  */
