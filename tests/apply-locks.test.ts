@@ -2,11 +2,17 @@ import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import { insertAgentStats, type AgentStatRow, type FixtureWorkspace } from '../src/fixture/index.js';
-import { applyMode, createCoderDatabase, type CoderDatabase } from './support/coder.js';
+import { applyEnforcement } from '../src/commands/apply.js';
+import { ToolError } from '../src/core/errors.js';
+import { insertAgentStats, rollupTemplateUsage, type AgentStatRow, type FixtureWorkspace } from '../src/fixture/index.js';
+import { applyMode, createCoderDatabase, privacySchema, type CoderDatabase } from './support/coder.js';
 
-// How apply takes its locks while Coder writes: writers must not queue
-// behind a lock request of apply that waits.
+// How apply takes its locks and converts the cut-over's rows while Coder
+// writes: writers must not queue behind a lock request of apply that waits,
+// and the rows of the rollup window are converted in batches between two
+// short transactions.
+
+const minuteMs = 60_000;
 
 function agentRow(workspace: FixtureWorkspace, createdAt: Date): AgentStatRow {
   return {
@@ -93,5 +99,53 @@ describe('apply waiting for a table lock', () => {
     expect(settledDuringWait).toBe(false);
     expect(applied.outcome).toBe('applied');
     expect(await count(coder.client, 'SELECT count(*) FROM workspace_agent_stats')).toBe(1);
+  });
+});
+
+describe('apply interrupted while converting', () => {
+  let coder: CoderDatabase;
+
+  beforeAll(async () => {
+    coder = await createCoderDatabase('apply_locks_interrupted', '2026');
+    const now = Date.now();
+    const rows = coder.population.workspaces.map((workspace, index) => agentRow(workspace, new Date(now - (index + 1) * minuteMs)));
+    await insertAgentStats(coder.client, '2026', rows);
+    await rollupTemplateUsage(coder.client, '2026', new Date(now));
+  });
+
+  afterAll(async () => {
+    await coder?.close();
+  });
+
+  test('keeps mode, rerun completes it', async () => {
+    // A trigger of the test fails every update of agent stats, so the
+    // conversion ahead of the last transaction fails on its first batch.
+    await coder.client.query(`
+      CREATE FUNCTION public.block_updates() RETURNS trigger LANGUAGE plpgsql AS $body$
+      BEGIN RAISE EXCEPTION 'updates blocked by the test'; END
+      $body$`);
+    await coder.client.query('CREATE TRIGGER aa_block BEFORE UPDATE ON workspace_agent_stats FOR EACH ROW EXECUTE FUNCTION public.block_updates()');
+    const settings = { mode: 'anonymize' as const, scope: 'source' as const, schema: privacySchema, profile: 'coder', dryRun: false, lock: { lockTimeoutMs: 2000, retries: 0 } };
+
+    const failure = await applyEnforcement(coder.client, settings).catch((error: unknown) => error);
+    const stateRows = await count(coder.client, `SELECT count(*) FROM ${privacySchema}.state`);
+    const rawTriggers = await count(coder.client, "SELECT count(*) FROM pg_trigger WHERE tgname = 'zz_insights_privacy' AND tgrelid = 'workspace_agent_stats'::regclass");
+    const rollupTriggers = await count(coder.client, "SELECT count(*) FROM pg_trigger WHERE tgname = 'zz_insights_privacy' AND tgrelid = 'template_usage_stats'::regclass");
+    const realRows = await count(coder.client, "SELECT count(*) FROM workspace_agent_stats WHERE substr(user_id::text, 15, 1) <> '8'");
+    await coder.client.query('DROP TRIGGER aa_block ON workspace_agent_stats');
+    const rerun = await applyEnforcement(coder.client, settings);
+
+    expect(failure).toBeInstanceOf(ToolError);
+    expect((failure as ToolError).message).toContain('stopped while converting the rows of the rollup window');
+    expect((failure as ToolError).message).toContain('updates blocked by the test');
+    expect((failure as ToolError).fix).toContain('Run the same apply again');
+    expect(stateRows).toBe(0);
+    expect(rawTriggers).toBe(1);
+    expect(rollupTriggers).toBe(0);
+    expect(realRows).toBe(coder.population.workspaces.length);
+    expect(rerun.outcome).toBe('applied');
+    expect(await count(coder.client, "SELECT count(*) FROM workspace_agent_stats WHERE substr(user_id::text, 15, 1) <> '8'")).toBe(0);
+    expect(await count(coder.client, "SELECT count(*) FROM template_usage_stats WHERE substr(user_id::text, 15, 1) <> '8'")).toBe(0);
+    expect(await count(coder.client, `SELECT count(*) FROM ${privacySchema}.state WHERE mode = 'anonymize'`)).toBe(1);
   });
 });

@@ -22,6 +22,11 @@ export const defaultBatchSize = 5000;
 /** Planner settings of every batch transaction, explained in backfill/batch-settings.sql. */
 const [batchSettings] = templateStatements('backfill/batch-settings.sql', {});
 
+/** Sets the planner settings of a batch for the rest of the current transaction. */
+export async function applyBatchSettings(client: pg.ClientBase): Promise<void> {
+  await execute(client, batchSettings);
+}
+
 /** SQLSTATE of a unique violation: a writer stored a row's pseudonymized twin while a batch ran, so the batch is run again. */
 const uniqueViolation = '23505';
 
@@ -400,7 +405,7 @@ async function runBatch(client: pg.ClientBase, plan: BackfillPlan, walk: Backfil
     client,
     options.lock,
     async () => {
-      await execute(client, batchSettings);
+      await applyBatchSettings(client);
       await options.beforeBatch?.();
       const recorded = await lockProgress(client, plan.schema, walk.table);
       if (!recorded || recorded.action !== plan.action) {
