@@ -208,7 +208,14 @@ async function prepareBackfill(client: pg.ClientBase, detection: Detection, cont
     walks.push(await rollupWalk(client, rollup, await readPrimaryKey(client, rollup), children, schema));
   }
   const agentStats = findTable(detection, agentStatsTable) as UsageTable;
-  if (protectedSet.has(agentStats)) walks.push(agentStatsWalk(agentStats, await readPrimaryKey(client, agentStats), schema));
+  if (protectedSet.has(agentStats)) {
+    // Agent stats have random UUIDs as ids, so a walk along the primary key
+    // would visit the heap and the created_at index in random order. Rows
+    // written at about the same time sit in the same pages, and created_at
+    // never changes, so the walk goes along (created_at, id) instead.
+    const key = [{ name: agentStats.timeColumn, type: 'timestamp with time zone' }, ...(await readPrimaryKey(client, agentStats))];
+    walks.push(agentStatsWalk(agentStats, key, schema));
+  }
   const appStats = findTable(detection, appStatsTable) as UsageTable;
   if (protectedSet.has(appStats)) walks.push(appStatsWalk(appStats, await readPrimaryKey(client, appStats), schema));
   return walks;
