@@ -279,6 +279,9 @@ export async function applyEnforcement(client: pg.ClientBase, settings: ApplySet
   const realIds = settings.mode === 'off' ? new Map<UsageTable, number>() : await countRealIds(client, protectedTables(first.detection, settings.mode, settings.scope), settings.lock);
   const summary = describeChange(settings, first.detection, first.installation, first.hmac, realIds);
   if (settings.dryRun) {
+    // NOTE: the statements listed are those of one transaction. An anonymize
+    // that convertsAhead runs the same DDL in two transactions instead, with
+    // the cut-over's conversions in batches between them; the summary says so.
     if (existing !== 'keep') summary.push(`A dry run does not run the ${existing} backfill; apply runs it after the transaction commits.`);
     return { ...base, outcome: 'dry-run', summary, statements: first.statements };
   }
