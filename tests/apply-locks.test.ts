@@ -149,3 +149,59 @@ describe('apply interrupted while converting', () => {
     expect(await count(coder.client, `SELECT count(*) FROM ${privacySchema}.state WHERE mode = 'anonymize'`)).toBe(1);
   });
 });
+
+describe('apply while the rollup writes', () => {
+  let coder: CoderDatabase;
+  const clients: pg.Client[] = [];
+
+  beforeAll(async () => {
+    coder = await createCoderDatabase('apply_locks_rollup', '2026');
+    const now = Date.now();
+    const rows = coder.population.workspaces.map((workspace, index) => agentRow(workspace, new Date(now - (index + 1) * minuteMs)));
+    await insertAgentStats(coder.client, '2026', rows);
+    await rollupTemplateUsage(coder.client, '2026', new Date(now));
+  });
+
+  afterAll(async () => {
+    for (const client of clients) await client.end().catch(() => undefined);
+    await coder?.close();
+  });
+
+  test('leaves rollup rows to last transaction', async () => {
+    const writer = await connect(coder);
+    const applier = await connect(coder);
+    clients.push(writer, applier);
+    const applierPid = await backendPid(applier);
+    const rollupRows = await count(coder.client, 'SELECT count(*) FROM template_usage_stats');
+
+    // An open write to template_usage_stats, as a long rollup holds, keeps
+    // the batches from locking the rollup tables.
+    await writer.query('BEGIN');
+    await writer.query('UPDATE template_usage_stats SET usage_mins = usage_mins WHERE false');
+    const settings = { mode: 'anonymize' as const, scope: 'source' as const, schema: privacySchema, profile: 'coder', dryRun: false, lock: { lockTimeoutMs: 300, retries: 20 } };
+    const applying = applyEnforcement(applier, settings);
+    // Only the last transaction locks template_usage_stats in ACCESS EXCLUSIVE mode.
+    await waitForQuery(coder.client, applierPid, '%template_usage_stats%IN ACCESS EXCLUSIVE MODE NOWAIT%');
+    const realRollupRows = await count(coder.client, "SELECT count(*) FROM template_usage_stats WHERE substr(user_id::text, 15, 1) <> '8'");
+    await writer.query('COMMIT');
+    const applied = await applying;
+
+    expect(rollupRows).toBeGreaterThan(0);
+    expect(realRollupRows).toBe(rollupRows);
+    expect(applied.outcome).toBe('applied');
+    expect(await count(coder.client, "SELECT count(*) FROM template_usage_stats WHERE substr(user_id::text, 15, 1) <> '8'")).toBe(0);
+    expect(await count(coder.client, "SELECT count(*) FROM template_usage_stats_session_apps WHERE substr(user_id::text, 15, 1) <> '8'")).toBe(0);
+    expect(await count(coder.client, 'SELECT count(*) FROM template_usage_stats')).toBe(rollupRows);
+  });
+});
+
+/** Waits until backend `pid` runs a statement whose text matches the LIKE pattern, for at most `timeoutMs`. */
+async function waitForQuery(observer: pg.Client, pid: number, pattern: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (performance.now() < deadline) {
+    const running = await count(observer, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE $2", [pid, pattern]);
+    if (running > 0) return;
+    await sleep(10);
+  }
+  throw new Error(`Backend ${pid} did not run a statement like ${pattern} within ${timeoutMs} ms`);
+}

@@ -213,7 +213,7 @@ function buildProgram(io: CliIo, run: (handler: () => Promise<number>) => void):
     .option('--lock-timeout <ms>', 'maximum wait for one table lock, in milliseconds (default: 2000)')
     .option('--lock-retries <count>', 'retries when a lock wait times out (default: 5)')
     .option('--existing <choice>', 'rows stored before enforcement: keep (default), pseudonymize or purge, after the switch commits (env INSIGHTS_PRIVACY_EXISTING)')
-    .option('--batch-size <rows>', 'rows per backfill batch and transaction, for pseudonymize and purge (default: 5000)')
+    .option('--batch-size <rows>', 'rows per batch and transaction of the cut-over conversion and of the pseudonymize or purge backfill (default: 5000)')
     .addHelpText(
       'after',
       `

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { applyBatchSettings } from '../core/backfill.js';
+import { ToolError } from '../core/errors.js';
 import { execute, queryRows } from '../core/execute.js';
 import { ident, joinSql, qualified, SqlFragment, type Statement } from '../core/sql.js';
 import { renderTemplate, templateStatements } from '../core/templates.js';
@@ -110,10 +111,9 @@ export function cutoverStatements(tables: CutoverTables, context: CutoverContext
  */
 export async function convertAhead(client: pg.ClientBase, tables: CutoverTables, context: AheadContext): Promise<AheadConversion> {
   const schema = ident(context.schema);
-  const { lock, batchSize } = context;
   const converted = { rawRows: 0, rollupRows: 0 };
 
-  const [{ window_start: windowStart }] = await inLockedTransaction(client, lock, () =>
+  const [{ window_start: windowStart }] = await inLockedTransaction(client, context.lock, () =>
     queryRows<{ window_start: string | null }>(client, 'coder/rollup-window-start.sql', [], { rollupFrom: rollupFrom(tables) }),
   );
   // Without any agent stats or rollup rows there is nothing in the window.
@@ -121,44 +121,15 @@ export async function convertAhead(client: pg.ClientBase, tables: CutoverTables,
 
   if (context.scope === 'source') {
     converted.rawRows += await convertAgentStats(client, tables, schema, windowStart, context);
-    const sessionIds = await inLockedTransaction(client, lock, () =>
-      queryRows<{ id: string }>(client, 'coder/raw-app-sessions.sql', [windowStart], { table: tableSql(tables.appStats), schema }),
-    );
-    for (let first = 0; first < sessionIds.length; first += batchSize) {
-      const ids = sessionIds.slice(first, first + batchSize).map((row) => row.id);
-      const [statement] = appSessionConversion(tables, schema, SqlFragment.trusted('t.id = ANY($1::bigint[])'), [ids]);
-      const result = await inLockedTransaction(
-        client,
-        lock,
-        async () => {
-          await applyBatchSettings(client);
-          return execute<{ changed: string; merged: string }>(client, statement);
-        },
-        [uniqueViolation],
-      );
-      converted.rawRows += Number(result.rows[0].changed) + Number(result.rows[0].merged);
-    }
+    converted.rawRows += await convertAppSessions(client, tables, schema, windowStart, context);
   }
-
-  if (tables.rollup) {
-    const groups = await inLockedTransaction(client, lock, () =>
-      queryRows<{ start_time: string; template_id: string }>(client, 'coder/raw-usage-stats-groups.sql', [windowStart], {
-        table: tableSql(tables.rollup as UsageTable),
-        schema,
-      }),
-    );
-    const group = SqlFragment.trusted("start_time = ($1::timestamp AT TIME ZONE 'UTC') AND template_id = $2::uuid");
-    for (const { start_time: startTime, template_id: templateId } of groups) {
-      const statements = rollupConversion(tables, schema, group, [startTime, templateId]);
-      // The last statement deletes the group's raw rollup rows, whose copies are in place.
-      converted.rollupRows += await inLockedTransaction(client, lock, async () => {
-        let deleted = 0;
-        for (const statement of statements) deleted = (await execute(client, statement)).rowCount ?? 0;
-        return deleted;
-      });
-    }
-  }
+  if (tables.rollup) converted.rollupRows += await convertRollupRows(client, tables, schema, windowStart, context);
   return converted;
+}
+
+function batchLock(tables: readonly TableRef[]): Statement {
+  const [statement] = templateStatements('coder/lock-for-batch.sql', { tables: joinSql(tables.map(tableSql)) });
+  return statement;
 }
 
 async function convertAgentStats(client: pg.ClientBase, tables: CutoverTables, schema: SqlFragment, windowStart: string, context: AheadContext): Promise<number> {
@@ -175,4 +146,67 @@ async function convertAgentStats(client: pg.ClientBase, tables: CutoverTables, s
     if (batch.last_time === null || Number(batch.changed) < context.batchSize) return total;
     cursor = batch.last_time;
   }
+}
+
+/**
+ * Converts the app sessions that the cut-over converts, found by one scan
+ * of the table, by id. Each batch locks the table against Coder's collector,
+ * whose upserts of the pseudonymized twins would otherwise race with the
+ * merges of the batch.
+ */
+async function convertAppSessions(client: pg.ClientBase, tables: CutoverTables, schema: SqlFragment, windowStart: string, context: AheadContext): Promise<number> {
+  const sessionIds = await inLockedTransaction(client, context.lock, () =>
+    queryRows<{ id: string }>(client, 'coder/raw-app-sessions.sql', [windowStart], { table: tableSql(tables.appStats), schema }),
+  );
+  const lock = batchLock([tables.appStats]);
+  let total = 0;
+  for (let first = 0; first < sessionIds.length; first += context.batchSize) {
+    const ids = sessionIds.slice(first, first + context.batchSize).map((row) => row.id);
+    const [statement] = appSessionConversion(tables, schema, SqlFragment.trusted('t.id = ANY($1::bigint[])'), [ids]);
+    const result = await inLockedTransaction(
+      client,
+      context.lock,
+      async () => {
+        await execute(client, lock);
+        await applyBatchSettings(client);
+        return execute<{ changed: string; merged: string }>(client, statement);
+      },
+      [uniqueViolation],
+    );
+    total += Number(result.rows[0].changed) + Number(result.rows[0].merged);
+  }
+  return total;
+}
+
+/**
+ * Converts the window's rollup rows with real ids, one bucket and template
+ * per transaction, and returns how many it replaced. Each batch locks the
+ * rollup tables against Coder's rollup, which upserts the same keys. While
+ * the rollup runs longer than the lock timeout, the remaining rows are left
+ * to the cut-over transaction, which converts them under its own locks.
+ */
+async function convertRollupRows(client: pg.ClientBase, tables: CutoverTables, schema: SqlFragment, windowStart: string, context: AheadContext): Promise<number> {
+  const rollup = tables.rollup as UsageTable;
+  const groups = await inLockedTransaction(client, context.lock, () =>
+    queryRows<{ start_time: string; template_id: string }>(client, 'coder/raw-usage-stats-groups.sql', [windowStart], { table: tableSql(rollup), schema }),
+  );
+  const lock = batchLock([rollup, ...tables.children]);
+  const group = SqlFragment.trusted("start_time = ($1::timestamp AT TIME ZONE 'UTC') AND template_id = $2::uuid");
+  let total = 0;
+  for (const { start_time: startTime, template_id: templateId } of groups) {
+    const statements = rollupConversion(tables, schema, group, [startTime, templateId]);
+    try {
+      // The last statement deletes the group's raw rollup rows, whose copies are in place.
+      total += await inLockedTransaction(client, { ...context.lock, retries: 0 }, async () => {
+        await execute(client, lock);
+        let deleted = 0;
+        for (const statement of statements) deleted = (await execute(client, statement)).rowCount ?? 0;
+        return deleted;
+      });
+    } catch (error) {
+      if (error instanceof ToolError && error.code === 'LOCK_TIMEOUT') return total;
+      throw error;
+    }
+  }
+  return total;
 }
