@@ -27,7 +27,7 @@ import {
   summarize,
   writeResults,
 } from './support/harness.mjs';
-import { latencyDuring, startWriters, writerKinds } from './support/writers.mjs';
+import { latencyDuring, longestHold, startWriters, writerKinds } from './support/writers.mjs';
 
 const usage =
   'node bench/apply-stall.mjs [--workspaces N] [--agent-rows N] [--app-rows N] [--rollup-rows N] [--runs N] [--warmup N] [--lock-timeout MS] [--rollup-pause MS] [--quick]';
@@ -91,6 +91,7 @@ async function measureRound(server, population, round) {
   const name = `bench_apply_${round}`;
   await createDatabase(server, name, template);
   const client = await connect(server, name);
+  const { rows: backend } = await client.query('SELECT pg_backend_pid() AS pid');
   const retries = [];
   const lock = { lockTimeoutMs: options['lock-timeout'], retries: 5, onRetry: (attempt, reason) => retries.push({ attempt, reason }) };
   const writers = await startWriters(server.databaseUrl(name), population, {
@@ -98,6 +99,7 @@ async function measureRound(server, population, round) {
     agentRows: Math.max(1, Math.round(options.workspaces / agentReportSeconds)),
     appSessions: Math.min(500, options.workspaces),
     intervals: { rollup: options['rollup-pause'] },
+    watchPid: backend[0].pid,
   });
   const result = { round, applies: {} };
   const intervals = {};
@@ -138,6 +140,8 @@ async function measureRound(server, population, round) {
     Object.assign(result.applies[mode], {
       slowestShortWriteMs: Math.max(...shortWriters.map((kind) => measured[kind].maxMs ?? 0)),
       longestLockWaitMs: Math.max(...writerKinds.map((kind) => measured[kind].maxLockWaitMs)),
+      longestExclusiveHoldMs: longestHold(writers, 'ACCESS EXCLUSIVE', ...intervals[mode]),
+      longestBatchHoldMs: longestHold(writers, 'SHARE ROW EXCLUSIVE', ...intervals[mode]),
       latencies: measured,
     });
   }
@@ -171,6 +175,9 @@ try {
           failed: applies.filter((apply) => apply.outcome.startsWith('failed')).length,
           slowestShortWriteMs: Math.max(...applies.map((apply) => apply.slowestShortWriteMs)),
           longestLockWaitMs: Math.max(...applies.map((apply) => apply.longestLockWaitMs)),
+          longestExclusiveHoldMs: Math.max(...applies.map((apply) => apply.longestExclusiveHoldMs)),
+          longestBatchHoldMs: Math.max(...applies.map((apply) => apply.longestBatchHoldMs)),
+          lockRetries: summarize(applies.map((apply) => apply.retries.length)),
           slowestByKind: Object.fromEntries(writerKinds.map((kind) => [kind, slowest(kind)])),
           longestLockWaitByKind: Object.fromEntries(writerKinds.map((kind) => [kind, longestWait(kind)])),
           failedWrites: Object.fromEntries(writerKinds.map((kind) => [kind, applies.reduce((sum, apply) => sum + apply.latencies[kind].errors, 0)])),
@@ -188,7 +195,17 @@ try {
   printTable(
     `apply on a live database, ${formatNumber(options.workspaces)} workspaces, ${formatNumber(rounds[0].windowRows)} agent stats in the rollup window; ` +
       `${options.runs} run(s) after ${options.warmup} warm-up`,
-    ['apply', 'median s', 'min s', 'max s', ...writerKinds.map((kind) => `slowest ${kind} ms`), 'longest lock wait ms', 'slowest short write / before apply'],
+    [
+      'apply',
+      'median s',
+      'min s',
+      'max s',
+      ...writerKinds.map((kind) => `slowest ${kind} ms`),
+      'longest lock wait ms',
+      'longest ACCESS EXCLUSIVE hold ms',
+      'lock retries (median)',
+      'slowest short write / before apply',
+    ],
     [
       ...modes.map((mode) => [
         `--mode ${mode}${summary[mode].failed ? ` (${summary[mode].failed} failed)` : ''}`,
@@ -197,6 +214,8 @@ try {
         formatNumber(summary[mode].seconds.max, 2),
         ...writerKinds.map((kind) => formatNumber(summary[mode].slowestByKind[kind])),
         formatNumber(summary[mode].longestLockWaitMs),
+        formatNumber(summary[mode].longestExclusiveHoldMs),
+        formatNumber(summary[mode].lockRetries.median),
         formatNumber(summary[mode].slowestShortWriteMs / baselineShort, 2),
       ]),
       [
@@ -206,6 +225,8 @@ try {
         '-',
         ...writerKinds.map((kind) => `${formatNumber(baseline.slowestByKind[kind])} (${formatNumber(baseline.medianByKind[kind])})`),
         formatNumber(baseline.longestLockWaitMs),
+        '-',
+        '-',
         '1',
       ],
     ],

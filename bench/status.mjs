@@ -116,8 +116,11 @@ try {
       ['status with counts (readStatus, one run)', formatNumber(withCountsMs, 1), '-', '-', formatNumber(ratios.statusWithCounts, 2)],
     ],
   );
-  const met = ratios.status <= targetRatio && ratios.command <= targetRatio;
-  console.log(`target: status --no-counts at most ${targetRatio} of count(*): ${met ? 'met' : 'missed'}`);
+  // Like for like: both on an open connection. The command line also
+  // connects (a SCRAM handshake) and reads its settings, which count(*) does
+  // not, so its ratio is reported but not held to the target.
+  const met = ratios.status <= targetRatio;
+  console.log(`target: status --no-counts at most ${targetRatio} of count(*), both on an open connection: ${met ? 'met' : 'missed'} (${formatNumber(ratios.status, 3)})`);
 
   await writeResults(options.quick ? 'status-quick' : 'status', {
     options,

@@ -10,11 +10,15 @@
 -- the locks are first requested without waiting (NOWAIT), again every 20
 -- ms, for as long as lock_timeout: while a long statement such as Coder's
 -- rollup holds one of the tables, the writers go on. Only then does the
--- request wait in the queue, for at most lock_timeout. A failed NOWAIT
--- attempt releases the locks it took, because its block is rolled back.
+-- request wait in the queue, which a table read by every request (users)
+-- may need, and for at most a quarter of lock_timeout and 500 ms. A failed
+-- NOWAIT attempt releases the locks it took, because its block is rolled
+-- back.
 DO $ip_body$
 DECLARE
-  deadline timestamptz := clock_timestamp() + current_setting('lock_timeout')::interval;
+  configured text := current_setting('lock_timeout');
+  timeout interval := configured::interval;
+  deadline timestamptz := clock_timestamp() + timeout;
 BEGIN
   WHILE clock_timestamp() < deadline LOOP
     BEGIN
@@ -24,6 +28,10 @@ BEGIN
       PERFORM pg_sleep(0.02);
     END;
   END LOOP;
+  IF timeout > interval '0' THEN
+    PERFORM set_config('lock_timeout', ceil(extract(epoch FROM least(timeout / 4, interval '500 milliseconds')) * 1000)::text || 'ms', true);
+  END IF;
   LOCK TABLE {{tables}} IN ACCESS EXCLUSIVE MODE;
+  PERFORM set_config('lock_timeout', configured, true);
 END
 $ip_body$;

@@ -178,7 +178,7 @@ describe('apply while the rollup writes', () => {
     // the batches from locking the rollup tables.
     await writer.query('BEGIN');
     await writer.query('UPDATE template_usage_stats SET usage_mins = usage_mins WHERE false');
-    const settings = { mode: 'anonymize' as const, scope: 'source' as const, schema: privacySchema, profile: 'coder', dryRun: false, lock: { lockTimeoutMs: 300, retries: 20 } };
+    const settings = { mode: 'anonymize' as const, scope: 'source' as const, schema: privacySchema, profile: 'coder', dryRun: false, lock: { lockTimeoutMs: 300, retries: 2 } };
     const applying = applyEnforcement(applier, settings);
     // Only the last transaction locks template_usage_stats in ACCESS EXCLUSIVE mode.
     await waitForQuery(coder.client, applierPid, '%template_usage_stats%IN ACCESS EXCLUSIVE MODE NOWAIT%');

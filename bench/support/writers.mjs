@@ -26,10 +26,11 @@ export const writerKinds = ['agent-stats', 'app-stats', 'rollup', 'users-read'];
  * Returns an object whose stop() ends every loop after its current write
  * and returns the records.
  */
-export async function startWriters(url, population, { kinds, agentRows = 100, appSessions = 200, intervals = {} }) {
+export async function startWriters(url, population, { kinds, agentRows = 100, appSessions = 200, intervals = {}, watchPid = null }) {
   const pause = { 'agent-stats': 1000, 'app-stats': 1000, rollup: 5000, 'users-read': 50, ...intervals };
   const records = [];
   const lockWaits = [];
+  const lockHolds = [];
   const clients = [];
   const kindOfBackend = new Map();
   let stopped = false;
@@ -138,11 +139,12 @@ export async function startWriters(url, population, { kinds, agentRows = 100, ap
   }
 
   const sampler = await open(null);
-  loops.push(sampleLockWaits(sampler, kindOfBackend, lockWaits, () => stopped));
+  loops.push(sampleActivity(sampler, { kindOfBackend, lockWaits, watchPid, lockHolds }, () => stopped));
 
   return {
     records,
     lockWaits,
+    lockHolds,
     async stop() {
       stopped = true;
       await Promise.all(loops);
@@ -152,21 +154,46 @@ export async function startWriters(url, population, { kinds, agentRows = 100, ap
   };
 }
 
-/** Interval of the lock wait sampler, in milliseconds: a measured wait may be this much shorter than the real one. */
+/** Interval of the activity sampler, in milliseconds: a measured wait or hold may be this much shorter than the real one. */
 const sampleMs = 20;
 
+/** Matches the lock statements of the tool's transactions (lock-tables.sql, lock-for-batch.sql) and captures the mode. */
+const lockStatement = /LOCK TABLE [\s\S]* IN (ACCESS EXCLUSIVE|SHARE ROW EXCLUSIVE) MODE NOWAIT/;
+
 /**
- * Polls pg_stat_activity for the writers' sessions and records each wait
- * for a heavyweight lock (wait_event_type Lock) as { kind, startedAt, endedAt },
- * from the first sample that shows it to the first that does not.
+ * Polls pg_stat_activity. For the writers' sessions it records each wait
+ * for a heavyweight lock (wait_event_type Lock) as { kind, startedAt,
+ * endedAt }, from the first sample that shows it to the first that does
+ * not. For the session `watchPid`, the tool's, it records each transaction
+ * that took table locks as { mode, startedAt, endedAt }: from the first
+ * sample after its lock statement to the first sample after it ended, the
+ * time it held the locks that writers wait for.
  */
-async function sampleLockWaits(client, kindOfBackend, lockWaits, isStopped) {
-  const pids = [...kindOfBackend.keys()];
+async function sampleActivity(client, { kindOfBackend, lockWaits, watchPid, lockHolds }, isStopped) {
+  const pids = [...kindOfBackend.keys(), ...(watchPid ? [watchPid] : [])];
   const waitingSince = new Map();
+  let transaction = null;
+  const closeTransaction = (now) => {
+    if (transaction?.heldSince !== undefined) lockHolds.push({ mode: transaction.mode, startedAt: transaction.heldSince, endedAt: now });
+    transaction = null;
+  };
+
   while (!isStopped()) {
-    const { rows } = await client.query(`SELECT pid, wait_event_type = 'Lock' AS waiting FROM pg_stat_activity WHERE pid = ANY($1::int[])`, [pids]);
+    const { rows } = await client.query(
+      `SELECT pid, wait_event_type = 'Lock' AS waiting, xact_start::text AS xact_start, state, query FROM pg_stat_activity WHERE pid = ANY($1::int[])`,
+      [pids],
+    );
     const now = performance.now();
     for (const row of rows) {
+      if (row.pid === watchPid) {
+        if (transaction && transaction.xactStart !== row.xact_start) closeTransaction(now);
+        if (!row.xact_start) continue;
+        transaction ??= { xactStart: row.xact_start };
+        const lock = row.state === 'active' ? lockStatement.exec(row.query) : null;
+        if (lock) transaction.mode = lock[1];
+        else if (transaction.mode && transaction.heldSince === undefined) transaction.heldSince = now;
+        continue;
+      }
       const since = waitingSince.get(row.pid);
       if (row.waiting && since === undefined) waitingSince.set(row.pid, now);
       if (!row.waiting && since !== undefined) {
@@ -177,7 +204,14 @@ async function sampleLockWaits(client, kindOfBackend, lockWaits, isStopped) {
     await sleep(sampleMs);
   }
   const now = performance.now();
+  closeTransaction(now);
   for (const [pid, since] of waitingSince) lockWaits.push({ kind: kindOfBackend.get(pid), startedAt: since, endedAt: now });
+}
+
+/** The longest time the watched session held table locks in `mode` within the interval from `from` to `to`, in milliseconds. */
+export function longestHold(writers, mode, from, to) {
+  const holds = writers.lockHolds.filter((hold) => hold.mode === mode && hold.endedAt >= from && hold.startedAt <= to);
+  return holds.length > 0 ? Math.max(...holds.map((hold) => hold.endedAt - hold.startedAt)) : 0;
 }
 
 /**

@@ -181,9 +181,10 @@ async function convertAppSessions(client: pg.ClientBase, tables: CutoverTables, 
 /**
  * Converts the window's rollup rows with real ids, one bucket and template
  * per transaction, and returns how many it replaced. Each batch locks the
- * rollup tables against Coder's rollup, which upserts the same keys. While
- * the rollup runs longer than the lock timeout, the remaining rows are left
- * to the cut-over transaction, which converts them under its own locks.
+ * rollup tables against Coder's rollup, which upserts the same keys, with
+ * the lock policy's timeout and retries. When a rollup outlasts them, the
+ * remaining rows are left to the cut-over transaction, which converts them
+ * under its own locks.
  */
 async function convertRollupRows(client: pg.ClientBase, tables: CutoverTables, schema: SqlFragment, windowStart: string, context: AheadContext): Promise<number> {
   const rollup = tables.rollup as UsageTable;
@@ -197,7 +198,7 @@ async function convertRollupRows(client: pg.ClientBase, tables: CutoverTables, s
     const statements = rollupConversion(tables, schema, group, [startTime, templateId]);
     try {
       // The last statement deletes the group's raw rollup rows, whose copies are in place.
-      total += await inLockedTransaction(client, { ...context.lock, retries: 0 }, async () => {
+      total += await inLockedTransaction(client, context.lock, async () => {
         await execute(client, lock);
         let deleted = 0;
         for (const statement of statements) deleted = (await execute(client, statement)).rowCount ?? 0;
