@@ -3,6 +3,7 @@
 // 5000 rows, on an embedded PostgreSQL 18. Prints rows per second.
 //
 //   npm run build && node bench/backfill.mjs [rows] [batch size] [table ...]
+// bench:quick 50000
 //
 // The rows lie days before the newest rollup bucket, so the cut-over of
 // apply converts none of them and the backfill does all the work.

@@ -7,6 +7,7 @@
 //
 // Run after a build: npm run build && node bench/hmac.mjs [rows]
 // (rows per run, default 200000).
+// bench:quick 20000
 import pg from 'pg';
 import { applyEnforcement } from '../dist/commands/apply.js';
 import { startEmbeddedServer } from '../dist/embedded/server.js';

@@ -346,10 +346,10 @@ async function backfillLockHeld(client: pg.Client): Promise<boolean> {
   );
 }
 
-/** The type casts of each walked table's primary key, to compare rows with a recorded position. */
+/** The columns and type casts of each walked table's key, to compare rows with a recorded position. */
 const keyCasts: Record<string, { columns: string; casts: string[] }> = {
   template_usage_stats: { columns: '(start_time, template_id, user_id)', casts: ['timestamptz', 'uuid', 'uuid'] },
-  workspace_agent_stats: { columns: '(id)', casts: ['uuid'] },
+  workspace_agent_stats: { columns: '(created_at, id)', casts: ['timestamptz', 'uuid'] },
   workspace_app_stats: { columns: '(id)', casts: ['bigint'] },
 };
 

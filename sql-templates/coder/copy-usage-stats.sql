@@ -3,10 +3,11 @@
 -- reference (start_time, template_id, user_id) and cannot follow an UPDATE
 -- of the key. Where a pseudonymized row already exists for the bucket, the
 -- copy is skipped: the next rollup recomputes that bucket from raw rows and
--- overwrites it.
+-- overwrites it. The range condition selects the whole window, or one
+-- bucket and template of it (parameters $1 start_time, $2 template_id).
 INSERT INTO {{table}} ({{columns}})
 SELECT {{convertedColumns}}
 FROM {{table}}
-WHERE start_time >= {{rollupFrom}}
+WHERE {{range}}
   AND NOT {{schema}}.is_pseudonym(user_id)
 ON CONFLICT DO NOTHING;

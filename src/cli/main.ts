@@ -260,10 +260,10 @@ function buildProgram(io: CliIo, run: (handler: () => Promise<number>) => void):
     .option('--dry-run', 'print the SQL and change nothing')
     .option('-y, --yes', 'apply without asking for confirmation')
     .option('--json', 'print the result as JSON')
-    .option('--lock-timeout <ms>', 'maximum wait for one table lock, in milliseconds (default: 2000)')
+    .option('--lock-timeout <ms>', 'how long to try for the table locks before a retry, in milliseconds; writers wait behind apply for at most a quarter of it, up to 500 ms (default: 2000)')
     .option('--lock-retries <count>', 'retries when a lock wait times out (default: 5)')
     .option('--existing <choice>', 'rows stored before enforcement: keep (default), pseudonymize or purge, after the switch commits (env INSIGHTS_PRIVACY_EXISTING)')
-    .option('--batch-size <rows>', 'rows per backfill batch and transaction, for pseudonymize and purge (default: 5000)')
+    .option('--batch-size <rows>', 'rows per batch and transaction of the cut-over conversion and of the pseudonymize or purge backfill (default: 5000)')
     .addHelpText(
       'after',
       `

@@ -2,10 +2,19 @@ import type pg from 'pg';
 import { defaultBatchSize, type BackfillProgress, type ExistingRows } from '../core/backfill.js';
 import { progressTableExists } from '../core/backfill-progress.js';
 import { ToolError } from '../core/errors.js';
-import { describeHmac, planApply, protectedTables, replacesForeignKeys, type HmacImplementation, type HmacSetting, type Mode } from '../core/enforcement.js';
+import {
+  describeHmac,
+  planApply,
+  planConversionStart,
+  protectedTables,
+  replacesForeignKeys,
+  type HmacImplementation,
+  type HmacSetting,
+  type Mode,
+} from '../core/enforcement.js';
 import { execute, queryRows } from '../core/execute.js';
 import { allowedTriggers, findDrift, type AllowedTrigger, type Finding } from '../core/findings.js';
-import { currentDatabase, inspectInstallation, type Installation } from '../core/inspect.js';
+import { currentDatabase, inspectInstallation, type Installation, type RecordedState } from '../core/inspect.js';
 import { checkPrivileges, validateSchemaName } from '../core/preflight.js';
 import { ident, qualified, type Statement } from '../core/sql.js';
 import { runLocked, type LockPolicy } from '../core/transaction.js';
@@ -161,11 +170,7 @@ function describeChange(
   }
 
   if (settings.mode === 'anonymize') {
-    lines.push(
-      settings.scope === 'source'
-        ? 'Rows that Coder still recomputes or upserts (the rollup window, app sessions of the last hour) are converted to pseudonyms in the same transaction.'
-        : 'Rollup rows that Coder still recomputes (the rollup window) are converted to pseudonyms in the same transaction; the raw tables keep their rows as they are.',
-    );
+    lines.push(describeCutover(settings, installation));
     lines.push(...describePolicyChange(installation, settings.rotate ?? 'none'));
   }
   lines.push(...describeExistingRows(settings.existing ?? 'keep', settings.mode, settings.scope, realIds, settings.batchSize ?? defaultBatchSize, 'apply'));
@@ -185,6 +190,32 @@ function describeOtherTriggers(settings: ApplySettings, detection: Detection, in
     }
   }
   return lines;
+}
+
+function describeCutover(settings: ApplySettings, installation: Installation): string {
+  if (!convertsAhead(settings, installation)) {
+    return 'Rows that Coder still recomputes or upserts (the rollup window, app sessions of the last hour) are converted to pseudonyms in the same transaction.';
+  }
+  if (settings.scope === 'source') {
+    return (
+      'Rows that Coder still recomputes or upserts (the rollup window, app sessions of the last hour) are converted to pseudonyms in batches while Coder writes on: ' +
+      'first the raw tables get their triggers, then their rows and the rollup rows are converted, then a last short transaction installs the rollup tables\' triggers.'
+    );
+  }
+  return 'Rollup rows that Coder still recomputes (the rollup window) are converted to pseudonyms in batches after their triggers are installed; the raw tables keep their rows as they are.';
+}
+
+/**
+ * Tells whether anonymize converts the cut-over's rows in batches ahead of
+ * the transaction that completes it, so that the table locks last only as
+ * long as the DDL. A switch from scope rollup to source converts in that
+ * transaction instead: while the raw rows are converted, the rollup tables'
+ * anonymize triggers would make Coder's rollup fail.
+ */
+function convertsAhead(settings: ApplySettings, installation: Installation): boolean {
+  if (settings.mode !== 'anonymize') return false;
+  const state = installation.state;
+  return !(settings.scope === 'source' && state?.mode === 'anonymize' && state.scope === 'rollup');
 }
 
 function describeHmacChange(installation: Installation, hmac: HmacImplementation): string {
@@ -257,12 +288,14 @@ function chooseHmac(setting: HmacSetting, installation: Installation): HmacImple
 /**
  * Detects the application, reads the installation and builds the statements
  * that apply runs for `settings` against the database as it is now.
+ * `rawConverted` tells that the cut-over batches already converted the raw
+ * tables, so the plan leaves them out.
  */
-export async function planEnforcement(client: pg.ClientBase, settings: ApplySettings) {
+export async function planEnforcement(client: pg.ClientBase, settings: ApplySettings, rawConverted = false) {
   const { profile, detection, installation, hmac } = await prepare(client, settings);
   const allowed = acceptTriggers(settings, detection, installation);
   const recordedOptions = allowed.length > 0 ? { allowedTriggers: allowed } : {};
-  const statements = planApply(detection, settings, { profile, crypto: installation.crypto, hmac, recordedOptions });
+  const statements = planApply(detection, settings, { profile, crypto: installation.crypto, hmac, recordedOptions, rawConverted });
   const progressTable = await progressTableExists(client, settings.schema);
   return { profile, detection, installation, hmac, statements, progressTable };
 }
@@ -316,6 +349,9 @@ export async function applyEnforcement(client: pg.ClientBase, settings: ApplySet
   const realIds = settings.mode === 'off' ? new Map<UsageTable, number>() : await countRealIds(client, protectedTables(first.detection, settings.mode, settings.scope), settings.lock);
   const summary = describeChange(settings, first.detection, first.installation, first.hmac, realIds);
   if (settings.dryRun) {
+    // NOTE: the statements listed are those of one transaction. An anonymize
+    // that convertsAhead runs the same DDL in two transactions instead, with
+    // the cut-over's conversions in batches between them; the summary says so.
     if (existing !== 'keep') summary.push(`A dry run does not run the ${existing} backfill; apply runs it after the transaction commits.`);
     return { ...base, outcome: 'dry-run', summary, statements: first.statements };
   }
@@ -324,8 +360,10 @@ export async function applyEnforcement(client: pg.ClientBase, settings: ApplySet
     throw new ToolError('ABORTED', 'Aborted: nothing was changed.', { fix: 'Run again and confirm, or pass --yes.' });
   }
 
+  const ahead = convertsAhead(settings, first.installation) ? await convertCutoverAhead(client, settings) : null;
   const applied = await runLocked(client, settings.lock, async () => {
-    const current = await planEnforcement(client, settings);
+    const current = await planEnforcement(client, settings, ahead?.rawConverted);
+    if (ahead) checkStateUnchanged(ahead.state, current.installation.state);
     const restored = current.detection.userForeignKeys
       .filter((state) => state.placeholder && !state.foreignKey && !replacesForeignKeys(settings.mode, settings.scope))
       .map((state) => state.placeholder as UserForeignKey);
@@ -334,7 +372,63 @@ export async function applyEnforcement(client: pg.ClientBase, settings: ApplySet
 
   const restoredForeignKeys = await validateRestoredKeys(client, applied.restored, applied.detection);
   const backfill = existing === 'keep' ? null : await backfillExistingRows(client, settings, existing, undefined);
-  return { ...base, outcome: 'applied', summary, statements: applied.statements, restoredForeignKeys, backfill };
+  const statements = [...(ahead?.statements ?? []), ...applied.statements];
+  return { ...base, outcome: 'applied', summary, statements, restoredForeignKeys, backfill };
+}
+
+/** Outcome of converting the cut-over's rows ahead of the last transaction. */
+interface AheadResult {
+  /** The statements of the first transaction. */
+  readonly statements: Statement[];
+  /** The recorded state when the first transaction ran, which the last one expects unchanged. */
+  readonly state: RecordedState | null;
+  /** Whether the raw tables' rows were converted, so that the last transaction leaves them out. */
+  readonly rawConverted: boolean;
+}
+
+/**
+ * Runs the first stages of anonymize: a transaction that installs the
+ * functions, the key and the triggers of the tables whose rows are
+ * converted (planConversionStart), then the profile's batches, each in its
+ * own transaction. The state record stays as it was until the last
+ * transaction, so a failure here leaves the recorded mode in place and a
+ * new apply starts over.
+ */
+async function convertCutoverAhead(client: pg.ClientBase, settings: ApplySettings): Promise<AheadResult> {
+  const started = await runLocked(client, settings.lock, async () => {
+    const { profile, detection, installation, hmac } = await prepare(client, settings);
+    const statements = planConversionStart(detection, settings, { profile, crypto: installation.crypto, hmac, recordedOptions: {} });
+    return { statements, result: { statements, state: installation.state, profile, detection } };
+  });
+
+  try {
+    await started.profile.convertAhead(client, started.detection, {
+      schema: settings.schema,
+      scope: settings.scope,
+      batchSize: settings.batchSize ?? defaultBatchSize,
+      lock: settings.lock,
+    });
+  } catch (error) {
+    if (!(error instanceof ToolError)) throw error;
+    const installed = settings.scope === 'source' ? 'the raw tables\' triggers are installed' : 'the rollup tables\' triggers are installed';
+    throw new ToolError(error.code, `apply --mode anonymize stopped while converting the rows of the rollup window: ${installed}, but the mode is not switched yet. ${error.message}`, {
+      fix: `${error.fix ?? ''} Run the same apply again; it converts the rows that are left and completes the switch.`.trim(),
+      cause: error.cause ?? error,
+      exitCode: error.exitCode,
+    });
+  }
+  return { statements: started.statements, state: started.state, rawConverted: settings.scope === 'source' };
+}
+
+/** Rejects the last transaction of a staged anonymize when another apply changed the recorded state since its first transaction. */
+function checkStateUnchanged(before: RecordedState | null, now: RecordedState | null): void {
+  const same =
+    before === now ||
+    (before !== null && now !== null && before.mode === now.mode && before.scope === now.scope && before.appliedAt.getTime() === now.appliedAt.getTime());
+  if (same) return;
+  throw new ToolError('STATE_INVALID', 'Another apply changed the enforcement while this one converted the rows of the rollup window.', {
+    fix: 'Run "insights-privacy status" to see the mode now in force, then run apply again if it is not the one you want.',
+  });
 }
 
 /**

@@ -22,17 +22,22 @@ export const defaultBatchSize = 5000;
 /** Planner settings of every batch transaction, explained in backfill/batch-settings.sql. */
 const [batchSettings] = templateStatements('backfill/batch-settings.sql', {});
 
+/** Sets the planner settings of a batch for the rest of the current transaction. */
+export async function applyBatchSettings(client: pg.ClientBase): Promise<void> {
+  await execute(client, batchSettings);
+}
+
 /** SQLSTATE of a unique violation: a writer stored a row's pseudonymized twin while a batch ran, so the batch is run again. */
 const uniqueViolation = '23505';
 
-/** One column of a primary key, with its type as `format_type` spells it. */
+/** One column of a walk's key, with its type as `format_type` spells it. */
 export interface KeyColumn {
   readonly name: string;
   readonly type: string;
 }
 
 /**
- * The rows of one batch: those whose primary key is after the previous
+ * The rows of one batch: those whose walk key is after the previous
  * position and at most the batch's last key. Statements get the last key as
  * parameter $1 and the previous position as $2, absent in a walk's first batch.
  */
@@ -52,9 +57,14 @@ export interface BatchStatement {
   readonly counts: UsageTable | null;
 }
 
-/** A table that a backfill walks along its primary key, with the tables whose rows move with it. */
+/** A table that a backfill walks along a key, with the tables whose rows move with it. */
 export interface BackfillWalk {
   readonly table: UsageTable;
+  /**
+   * The columns the walk is ordered and positioned by: the primary key, or
+   * columns that end with it. Their values must never change, and none may
+   * be null.
+   */
   readonly key: readonly KeyColumn[];
   /** Child tables: their rows are changed in the batch of their parent rows and have no position of their own. */
   readonly followers: readonly UsageTable[];
@@ -400,7 +410,7 @@ async function runBatch(client: pg.ClientBase, plan: BackfillPlan, walk: Backfil
     client,
     options.lock,
     async () => {
-      await execute(client, batchSettings);
+      await applyBatchSettings(client);
       await options.beforeBatch?.();
       const recorded = await lockProgress(client, plan.schema, walk.table);
       if (!recorded || recorded.action !== plan.action) {

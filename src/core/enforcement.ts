@@ -1,7 +1,7 @@
 import { ident, joinSql, literal, qualified, SqlFragment, type Statement } from './sql.js';
 import { functionBody, renderFragment, renderTemplate, templateStatements } from './templates.js';
 import { replaceForeignKey, restoreForeignKey } from '../profiles/foreign-keys.js';
-import type { Detection, EnforcedMode, Profile, Scope, UsageTable } from '../profiles/types.js';
+import type { Detection, EnforcedMode, Profile, Scope, TableRef, UsageTable } from '../profiles/types.js';
 import { toolVersion } from './version.js';
 import { periodVariables, type KeyPolicy } from './keys.js';
 
@@ -248,9 +248,8 @@ function removeTriggerStatements(schemaName: string, table: UsageTable): Stateme
   ];
 }
 
-function lockStatements(detection: Detection): Statement[] {
-  const tables = detection.tables.map((table) => qualified(table.schema, table.name));
-  return templateStatements('lock-tables.sql', { tables: joinSql(tables) });
+function lockStatements(tables: readonly TableRef[]): Statement[] {
+  return templateStatements('lock-tables.sql', { tables: joinSql(tables.map((table) => qualified(table.schema, table.name))) });
 }
 
 /**
@@ -284,6 +283,8 @@ export interface PlanContext {
   readonly hmac: HmacImplementation | null;
   /** The options recorded in the state table with the mode. */
   readonly recordedOptions: Record<string, unknown>;
+  /** Set when the profile's convertAhead has converted the raw tables' rows since planConversionStart's statements committed. */
+  readonly rawConverted?: boolean;
 }
 
 /**
@@ -296,7 +297,7 @@ export function planApply(detection: Detection, target: EnforcementTarget, conte
 
   const { mode, scope, schema: schemaName } = target;
   const schema = ident(schemaName);
-  const statements: Statement[] = [...lockStatements(detection), ...templateStatements('schema.sql', { schema })];
+  const statements: Statement[] = [...lockStatements(detection.tables), ...templateStatements('schema.sql', { schema })];
   for (const fn of stateFunctions(schemaName)) statements.push(...fn.statements);
 
   if (mode === 'anonymize') statements.push(...pseudonymStatements(schemaName, target.rotate ?? 'none', context));
@@ -311,12 +312,10 @@ export function planApply(detection: Detection, target: EnforcementTarget, conte
     }
   }
 
-  const cutover = mode === 'anonymize' ? context.profile.cutover(detection, { schema, scope, tables: [...protectedSet] }) : null;
+  const cutover =
+    mode === 'anonymize' ? context.profile.cutover(detection, { schema, scope, tables: [...protectedSet], rawConverted: context.rawConverted }) : null;
   statements.push(...(cutover?.beforeForeignKeys ?? []));
-  for (const state of detection.userForeignKeys) {
-    if (replacesForeignKeys(mode, scope) && state.foreignKey) statements.push(...replaceForeignKey(state.foreignKey));
-    if (!replacesForeignKeys(mode, scope) && state.placeholder && !state.foreignKey) statements.push(...restoreForeignKey(state.placeholder));
-  }
+  statements.push(...foreignKeyStatements(detection, mode, scope));
   statements.push(...(cutover?.afterForeignKeys ?? []));
 
   const anonymizeOptions = mode === 'anonymize' ? { rotate: target.rotate ?? 'none', hmac: context.hmac } : {};
@@ -328,9 +327,59 @@ export function planApply(detection: Detection, target: EnforcementTarget, conte
   return statements;
 }
 
+function foreignKeyStatements(detection: Detection, mode: EnforcedMode, scope: Scope): Statement[] {
+  const statements: Statement[] = [];
+  for (const state of detection.userForeignKeys) {
+    if (replacesForeignKeys(mode, scope) && state.foreignKey) statements.push(...replaceForeignKey(state.foreignKey));
+    if (!replacesForeignKeys(mode, scope) && state.placeholder && !state.foreignKey) statements.push(...restoreForeignKey(state.placeholder));
+  }
+  return statements;
+}
+
+/**
+ * Builds the first transaction of an anonymize that converts the cut-over's
+ * rows in batches while writers go on. It installs the functions and key,
+ * the triggers of the tables whose rows the batches convert, and the
+ * placeholder of a foreign key that pseudonyms would violate. The cut-over,
+ * restored foreign keys and the state record are left to planApply.
+ *
+ * With scope source these are the raw tables: the rollup tables keep their
+ * triggers until planApply runs, because while raw rows of one user hold
+ * both the real id and the pseudonym, an anonymize trigger on
+ * template_usage_stats would make Coder's rollup fail. With scope rollup
+ * they are the rollup tables, and the raw tables lose their triggers.
+ */
+export function planConversionStart(detection: Detection, target: EnforcementTarget, context: PlanContext): Statement[] {
+  if (target.mode !== 'anonymize') throw new Error('planConversionStart: only anonymize converts rows');
+  const { scope, schema: schemaName } = target;
+  const schema = ident(schemaName);
+  const tables = scope === 'source' ? detection.tables.filter((table) => table.role === 'raw') : detection.tables;
+  const protectedSet = new Set(protectedTables(detection, 'anonymize', scope));
+
+  // The functions and key need no lock on the application's tables, so they
+  // come first. Replacing a foreign key locks the referenced table (users)
+  // in ACCESS EXCLUSIVE mode, which every read of it waits for, so that lock
+  // is taken together with the others and held only for the DDL.
+  const statements: Statement[] = [...templateStatements('schema.sql', { schema }), ...pseudonymStatements(schemaName, target.rotate ?? 'none', context)];
+  if (!context.hmac) throw new Error('planConversionStart: anonymize needs an HMAC implementation');
+  const pseudonym = { hmac: context.hmac, crypto: context.crypto, policy: target.rotate ?? 'none' };
+  const replacesKey = replacesForeignKeys('anonymize', scope) && detection.userForeignKeys.some((state) => state.foreignKey);
+  statements.push(...lockStatements(replacesKey ? [...tables, detection.users] : tables));
+  for (const table of tables) {
+    if (protectedSet.has(table)) {
+      statements.push(...triggerFunction(schemaName, table, 'anonymize', pseudonym).statements, ...triggerStatements(schemaName, table, 'anonymize'));
+    } else {
+      statements.push(...removeTriggerStatements(schemaName, table));
+    }
+  }
+  // A restored foreign key is left to planApply, whose transaction reports it for validation.
+  if (replacesKey) statements.push(...foreignKeyStatements(detection, 'anonymize', scope));
+  return statements;
+}
+
 /** Builds the statements of `off`: triggers dropped, foreign keys restored, the private schema removed. */
 export function planOff(detection: Detection, target: EnforcementTarget, crypto: CryptoLocation | null): Statement[] {
-  const statements: Statement[] = [...lockStatements(detection)];
+  const statements: Statement[] = [...lockStatements(detection.tables)];
   for (const table of detection.tables) {
     statements.push(...templateStatements('drop-trigger.sql', { trigger: ident(triggerName), table: qualified(table.schema, table.name) }));
   }

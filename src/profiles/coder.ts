@@ -1,12 +1,12 @@
 import type pg from 'pg';
 import { ToolError } from '../core/errors.js';
 import { queryRows } from '../core/execute.js';
-import { ident, joinSql, qualified, SqlFragment, type Statement } from '../core/sql.js';
-import { renderTemplate, templateStatements } from '../core/templates.js';
+import { ident, qualified, type SqlFragment } from '../core/sql.js';
 import { readPrimaryKey, type BackfillWalk } from '../core/backfill.js';
 import { agentStatsWalk, appStatsWalk, rollupWalk } from './coder-backfill.js';
+import { convertAhead, cutoverStatements, rollupFrom, type CutoverTables } from './coder-cutover.js';
 import { readForeignKeyState } from './foreign-keys.js';
-import type { BackfillContext, Cutover, CutoverContext, Detection, EnforcedMode, Profile, Scope, TableRef, UsageTable } from './types.js';
+import type { BackfillContext, Detection, EnforcedMode, Profile, Scope, TableRef, UsageTable } from './types.js';
 
 const rollupTable = 'template_usage_stats';
 const agentStatsTable = 'workspace_agent_stats';
@@ -140,66 +140,22 @@ function findTable(detection: Detection, name: string): UsageTable | undefined {
   return detection.tables.find((table) => table.name === name);
 }
 
-/** Returns the SQL expression of the first bucket Coder's rollup recomputes. */
-function rollupFrom(detection: Detection): SqlFragment {
+/** Coder's tables that a cut-over converts, as detected. */
+function cutoverTables(detection: Detection): CutoverTables {
   const rollup = findTable(detection, rollupTable);
-  const agentStats = findTable(detection, agentStatsTable) as UsageTable;
-  if (!rollup) return SqlFragment.trusted("(now() - interval '1 hour')");
-  return SqlFragment.trusted(renderTemplate('coder/rollup-from.sql', { agentStats: tableSql(agentStats), usageStats: tableSql(rollup) }).trim());
-}
-
-function copyRollupRows(table: UsageTable, schema: SqlFragment, from: SqlFragment): Statement[] {
-  const columns = table.columns.map(ident);
-  const converted = table.columns.map((column) =>
-    table.userColumns.includes(column) ? SqlFragment.trusted(`${schema.text}.pseudonym(${ident(column).text}, ${ident(table.timeColumn).text})`) : ident(column),
-  );
-  return templateStatements('coder/copy-usage-stats.sql', {
-    table: tableSql(table),
-    columns: joinSql(columns),
-    convertedColumns: joinSql(converted),
-    rollupFrom: from,
-    schema,
-  });
-}
-
-function cutover(detection: Detection, context: CutoverContext): Cutover {
-  const { schema, scope } = context;
-  const from = rollupFrom(detection);
-  const beforeForeignKeys: Statement[] = [];
-  const afterForeignKeys: Statement[] = [];
-
-  if (scope === 'source') {
-    const agentStats = findTable(detection, agentStatsTable) as UsageTable;
-    const appStats = findTable(detection, appStatsTable) as UsageTable;
-    beforeForeignKeys.push(
-      ...templateStatements('coder/convert-agent-stats.sql', { agentStats: tableSql(agentStats), timeColumn: ident(agentStats.timeColumn), rollupFrom: from, schema }),
-    );
-    // Sessions that Coder's rollup still reads or that its collector may
-    // upsert again: every session that ended within the window or the last hour.
-    const recentSessions = SqlFragment.trusted(`t.session_ended_at >= LEAST(${from.text}, now() - interval '1 hour')`);
-    afterForeignKeys.push(
-      ...templateStatements('coder/pseudonymize-app-sessions.sql', { table: tableSql(appStats), timeColumn: ident(appStats.timeColumn), range: recentSessions, schema }),
-    );
-  }
-
-  const rollup = findTable(detection, rollupTable);
-  if (rollup) {
-    const children = detection.tables.filter((table) => table.role === 'rollup' && table !== rollup);
-    beforeForeignKeys.push(...copyRollupRows(rollup, schema, from));
-    for (const child of children) beforeForeignKeys.push(...copyRollupRows(child, schema, from));
-    for (const table of [...children, rollup]) {
-      beforeForeignKeys.push(...templateStatements('coder/delete-raw-usage-stats.sql', { table: tableSql(table), rollupFrom: from, schema }));
-    }
-  }
-
-  return { beforeForeignKeys, afterForeignKeys };
+  return {
+    agentStats: findTable(detection, agentStatsTable) as UsageTable,
+    appStats: findTable(detection, appStatsTable) as UsageTable,
+    rollup,
+    children: detection.tables.filter((table) => table.role === 'rollup' && table !== rollup),
+  };
 }
 
 async function rollupScopeBlockers(client: pg.ClientBase, detection: Detection, schema: SqlFragment): Promise<number> {
   const [row] = await queryRows<{ rows: string }>(client, 'coder/raw-pseudonyms-in-window.sql', [], {
     agentStats: tableSql(findTable(detection, agentStatsTable) as UsageTable),
     appStats: tableSql(findTable(detection, appStatsTable) as UsageTable),
-    rollupFrom: rollupFrom(detection),
+    rollupFrom: rollupFrom(cutoverTables(detection)),
     schema,
   });
   return Number(row.rows);
@@ -252,7 +208,14 @@ async function prepareBackfill(client: pg.ClientBase, detection: Detection, cont
     walks.push(await rollupWalk(client, rollup, await readPrimaryKey(client, rollup), children, schema));
   }
   const agentStats = findTable(detection, agentStatsTable) as UsageTable;
-  if (protectedSet.has(agentStats)) walks.push(agentStatsWalk(agentStats, await readPrimaryKey(client, agentStats), schema));
+  if (protectedSet.has(agentStats)) {
+    // Agent stats have random UUIDs as ids, so a walk along the primary key
+    // would visit the heap and the created_at index in random order. Rows
+    // written at about the same time sit in the same pages, and created_at
+    // never changes, so the walk goes along (created_at, id) instead.
+    const key = [{ name: agentStats.timeColumn, type: 'timestamp with time zone' }, ...(await readPrimaryKey(client, agentStats))];
+    walks.push(agentStatsWalk(agentStats, key, schema));
+  }
   const appStats = findTable(detection, appStatsTable) as UsageTable;
   if (protectedSet.has(appStats)) walks.push(appStatsWalk(appStats, await readPrimaryKey(client, appStats), schema));
   return walks;
@@ -262,7 +225,8 @@ async function prepareBackfill(client: pg.ClientBase, detection: Detection, cont
 export const coderProfile: Profile = {
   name: 'coder',
   detect,
-  cutover,
+  cutover: (detection, context) => cutoverStatements(cutoverTables(detection), context),
+  convertAhead: (client, detection, context) => convertAhead(client, cutoverTables(detection), context),
   rollupScopeBlockers,
   notes,
   prepareBackfill,

@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import type { BackfillWalk } from '../core/backfill.js';
 import type { SqlFragment, Statement } from '../core/sql.js';
+import type { LockPolicy } from '../core/transaction.js';
 
 /** A table as the tool addresses it. */
 export interface TableRef {
@@ -79,6 +80,30 @@ export interface CutoverContext {
   readonly schema: SqlFragment;
   readonly scope: Scope;
   readonly tables: readonly UsageTable[];
+  /**
+   * Set when `convertAhead` converted the raw tables' rows before the
+   * transaction and their triggers have kept them converted since, so that
+   * the cut-over converts only rollup rows.
+   */
+  readonly rawConverted?: boolean;
+}
+
+/** Settings of a profile's conversion ahead of the cut-over transaction. */
+export interface AheadContext {
+  /** The tool's private schema, where pseudonym() and is_pseudonym() live. */
+  readonly schema: string;
+  readonly scope: Scope;
+  /** Rows per batch, each batch in its own transaction. */
+  readonly batchSize: number;
+  readonly lock: LockPolicy;
+}
+
+/** Rows that `convertAhead` converted. */
+export interface AheadConversion {
+  /** Raw agent stats and app sessions pseudonymized or merged into their pseudonymized twin. */
+  readonly rawRows: number;
+  /** Rollup rows replaced by their pseudonymized copy. */
+  readonly rollupRows: number;
 }
 
 /**
@@ -102,6 +127,14 @@ export interface Profile {
    * upsert, run in the transaction that installs anonymize.
    */
   cutover(detection: Detection, context: CutoverContext): Cutover;
+  /**
+   * Converts, in batches that each commit on their own, the rows that the
+   * cut-over would otherwise convert under its table locks. Runs after the
+   * statements of `planConversionStart` have committed, so that every row
+   * written meanwhile gets its pseudonym from a trigger, and before the
+   * transaction that completes anonymize.
+   */
+  convertAhead(client: pg.ClientBase, detection: Detection, context: AheadContext): Promise<AheadConversion>;
   /**
    * Counts rows that would break the rollup under scope `rollup`: pseudonyms
    * in raw tables that the application still reads. Zero means the scope can start.
