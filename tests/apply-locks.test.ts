@@ -195,6 +195,50 @@ describe('apply while the rollup writes', () => {
   });
 });
 
+describe('apply blocked in its last transaction', () => {
+  let coder: CoderDatabase;
+
+  beforeAll(async () => {
+    coder = await createCoderDatabase('apply_locks_last', '2026');
+    const now = Date.now();
+    const rows = coder.population.workspaces.map((workspace, index) => agentRow(workspace, new Date(now - (index + 1) * minuteMs)));
+    await insertAgentStats(coder.client, '2026', rows);
+    await rollupTemplateUsage(coder.client, '2026', new Date(now));
+  });
+
+  afterAll(async () => {
+    await coder?.close();
+  });
+
+  test('says a rerun completes the switch', async () => {
+    const reader = await connect(coder);
+    const settings = { mode: 'anonymize' as const, scope: 'source' as const, schema: privacySchema, profile: 'coder', dryRun: false, lock: { lockTimeoutMs: 200, retries: 0 } };
+    let failure: unknown;
+    try {
+      // A read of the rollup table keeps only the last transaction, the one
+      // that locks every usage table, from its locks.
+      await reader.query('BEGIN');
+      await reader.query('SELECT count(*) FROM template_usage_stats');
+      failure = await applyEnforcement(coder.client, settings).catch((error: unknown) => error);
+    } finally {
+      await reader.query('COMMIT');
+      await reader.end();
+    }
+    const stateRows = await count(coder.client, `SELECT count(*) FROM ${privacySchema}.state`);
+    const realAgentRows = await count(coder.client, "SELECT count(*) FROM workspace_agent_stats WHERE substr(user_id::text, 15, 1) <> '8'");
+    const rerun = await applyEnforcement(coder.client, settings);
+
+    expect(failure).toBeInstanceOf(ToolError);
+    expect((failure as ToolError).code).toBe('LOCK_TIMEOUT');
+    expect((failure as ToolError).message).toContain('stopped in its last transaction');
+    expect((failure as ToolError).fix).toContain('Run the same apply again');
+    expect(stateRows).toBe(0);
+    expect(realAgentRows).toBe(0);
+    expect(rerun.outcome).toBe('applied');
+    expect(await count(coder.client, "SELECT count(*) FROM template_usage_stats WHERE substr(user_id::text, 15, 1) <> '8'")).toBe(0);
+  });
+});
+
 /** Waits until backend `pid` runs a statement whose text matches the LIKE pattern, for at most `timeoutMs`. */
 async function waitForQuery(observer: pg.Client, pid: number, pattern: string, timeoutMs = 10_000): Promise<void> {
   const deadline = performance.now() + timeoutMs;
