@@ -4,8 +4,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { applyEnforcement } from '../src/commands/apply.js';
 import { ToolError } from '../src/core/errors.js';
-import { insertAgentStats, rollupTemplateUsage, type AgentStatRow, type FixtureWorkspace } from '../src/fixture/index.js';
-import { applyMode, createCoderDatabase, privacySchema, type CoderDatabase } from './support/coder.js';
+import { insertAgentStats, rollupTemplateUsage, upsertAppStats, type AgentStatRow, type FixtureWorkspace } from '../src/fixture/index.js';
+import { applyMode, createCoderDatabase, privacySchema, pseudonymPattern, type CoderDatabase } from './support/coder.js';
 
 // How apply takes its locks and converts the cut-over's rows while Coder
 // writes: writers must not queue behind a lock request of apply that waits,
@@ -236,6 +236,45 @@ describe('apply blocked in its last transaction', () => {
     expect(realAgentRows).toBe(0);
     expect(rerun.outcome).toBe('applied');
     expect(await count(coder.client, "SELECT count(*) FROM template_usage_stats WHERE substr(user_id::text, 15, 1) <> '8'")).toBe(0);
+  });
+});
+
+describe('apply with app sessions only', () => {
+  let coder: CoderDatabase;
+
+  beforeAll(async () => {
+    coder = await createCoderDatabase('apply_locks_sessions', '2026');
+  });
+
+  afterAll(async () => {
+    await coder?.close();
+  });
+
+  test('converts sessions without agent stats', async () => {
+    // Without agent stats or rollup rows the rollup window is empty, but an
+    // open session is upserted again after apply and must meet its row.
+    const [workspace] = coder.population.workspaces;
+    const now = Date.now();
+    const session = {
+      userId: workspace.ownerId,
+      workspaceId: workspace.id,
+      agentId: workspace.agentId,
+      accessMethod: 'path',
+      slugOrPort: 'code-server',
+      sessionId: randomUUID(),
+      sessionStartedAt: new Date(now - 10 * minuteMs),
+      sessionEndedAt: new Date(now - minuteMs),
+      requests: 3,
+    };
+    await upsertAppStats(coder.client, [session]);
+
+    await applyMode(coder.client, 'anonymize');
+    await upsertAppStats(coder.client, [{ ...session, sessionEndedAt: new Date(now), requests: 9 }]);
+
+    const { rows } = await coder.client.query<{ user_id: string; requests: number }>('SELECT user_id::text, requests FROM workspace_app_stats');
+    expect(rows).toHaveLength(1);
+    expect(rows[0].user_id).toMatch(pseudonymPattern);
+    expect(rows[0].requests).toBe(9);
   });
 });
 
