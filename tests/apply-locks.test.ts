@@ -4,8 +4,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { applyEnforcement } from '../src/commands/apply.js';
 import { ToolError } from '../src/core/errors.js';
-import { insertAgentStats, rollupTemplateUsage, type AgentStatRow, type FixtureWorkspace } from '../src/fixture/index.js';
-import { applyMode, createCoderDatabase, privacySchema, type CoderDatabase } from './support/coder.js';
+import { insertAgentStats, rollupTemplateUsage, upsertAppStats, type AgentStatRow, type FixtureWorkspace } from '../src/fixture/index.js';
+import { applyMode, createCoderDatabase, privacySchema, pseudonymPattern, type CoderDatabase } from './support/coder.js';
 
 // How apply takes its locks and converts the cut-over's rows while Coder
 // writes: writers must not queue behind a lock request of apply that waits,
@@ -192,6 +192,89 @@ describe('apply while the rollup writes', () => {
     expect(await count(coder.client, "SELECT count(*) FROM template_usage_stats WHERE substr(user_id::text, 15, 1) <> '8'")).toBe(0);
     expect(await count(coder.client, "SELECT count(*) FROM template_usage_stats_session_apps WHERE substr(user_id::text, 15, 1) <> '8'")).toBe(0);
     expect(await count(coder.client, 'SELECT count(*) FROM template_usage_stats')).toBe(rollupRows);
+  });
+});
+
+describe('apply blocked in its last transaction', () => {
+  let coder: CoderDatabase;
+
+  beforeAll(async () => {
+    coder = await createCoderDatabase('apply_locks_last', '2026');
+    const now = Date.now();
+    const rows = coder.population.workspaces.map((workspace, index) => agentRow(workspace, new Date(now - (index + 1) * minuteMs)));
+    await insertAgentStats(coder.client, '2026', rows);
+    await rollupTemplateUsage(coder.client, '2026', new Date(now));
+  });
+
+  afterAll(async () => {
+    await coder?.close();
+  });
+
+  test('says a rerun completes the switch', async () => {
+    const reader = await connect(coder);
+    const settings = { mode: 'anonymize' as const, scope: 'source' as const, schema: privacySchema, profile: 'coder', dryRun: false, lock: { lockTimeoutMs: 200, retries: 0 } };
+    let failure: unknown;
+    try {
+      // A read of the rollup table keeps only the last transaction, the one
+      // that locks every usage table, from its locks.
+      await reader.query('BEGIN');
+      await reader.query('SELECT count(*) FROM template_usage_stats');
+      failure = await applyEnforcement(coder.client, settings).catch((error: unknown) => error);
+    } finally {
+      await reader.query('COMMIT');
+      await reader.end();
+    }
+    const stateRows = await count(coder.client, `SELECT count(*) FROM ${privacySchema}.state`);
+    const realAgentRows = await count(coder.client, "SELECT count(*) FROM workspace_agent_stats WHERE substr(user_id::text, 15, 1) <> '8'");
+    const rerun = await applyEnforcement(coder.client, settings);
+
+    expect(failure).toBeInstanceOf(ToolError);
+    expect((failure as ToolError).code).toBe('LOCK_TIMEOUT');
+    expect((failure as ToolError).message).toContain('stopped in its last transaction');
+    expect((failure as ToolError).fix).toContain('Run the same apply again');
+    expect(stateRows).toBe(0);
+    expect(realAgentRows).toBe(0);
+    expect(rerun.outcome).toBe('applied');
+    expect(await count(coder.client, "SELECT count(*) FROM template_usage_stats WHERE substr(user_id::text, 15, 1) <> '8'")).toBe(0);
+  });
+});
+
+describe('apply with app sessions only', () => {
+  let coder: CoderDatabase;
+
+  beforeAll(async () => {
+    coder = await createCoderDatabase('apply_locks_sessions', '2026');
+  });
+
+  afterAll(async () => {
+    await coder?.close();
+  });
+
+  test('converts sessions without agent stats', async () => {
+    // Without agent stats or rollup rows the rollup window is empty, but an
+    // open session is upserted again after apply and must meet its row.
+    const [workspace] = coder.population.workspaces;
+    const now = Date.now();
+    const session = {
+      userId: workspace.ownerId,
+      workspaceId: workspace.id,
+      agentId: workspace.agentId,
+      accessMethod: 'path',
+      slugOrPort: 'code-server',
+      sessionId: randomUUID(),
+      sessionStartedAt: new Date(now - 10 * minuteMs),
+      sessionEndedAt: new Date(now - minuteMs),
+      requests: 3,
+    };
+    await upsertAppStats(coder.client, [session]);
+
+    await applyMode(coder.client, 'anonymize');
+    await upsertAppStats(coder.client, [{ ...session, sessionEndedAt: new Date(now), requests: 9 }]);
+
+    const { rows } = await coder.client.query<{ user_id: string; requests: number }>('SELECT user_id::text, requests FROM workspace_app_stats');
+    expect(rows).toHaveLength(1);
+    expect(rows[0].user_id).toMatch(pseudonymPattern);
+    expect(rows[0].requests).toBe(9);
   });
 });
 

@@ -368,6 +368,8 @@ export async function applyEnforcement(client: pg.ClientBase, settings: ApplySet
       .filter((state) => state.placeholder && !state.foreignKey && !replacesForeignKeys(settings.mode, settings.scope))
       .map((state) => state.placeholder as UserForeignKey);
     return { statements: current.statements, result: { statements: current.statements, restored, detection: current.detection } };
+  }).catch((error: unknown) => {
+    throw ahead ? unfinishedSwitch(error, settings, 'in its last transaction') : error;
   });
 
   const restoredForeignKeys = await validateRestoredKeys(client, applied.restored, applied.detection);
@@ -409,15 +411,23 @@ async function convertCutoverAhead(client: pg.ClientBase, settings: ApplySetting
       lock: settings.lock,
     });
   } catch (error) {
-    if (!(error instanceof ToolError)) throw error;
-    const installed = settings.scope === 'source' ? 'the raw tables\' triggers are installed' : 'the rollup tables\' triggers are installed';
-    throw new ToolError(error.code, `apply --mode anonymize stopped while converting the rows of the rollup window: ${installed}, but the mode is not switched yet. ${error.message}`, {
-      fix: `${error.fix ?? ''} Run the same apply again; it converts the rows that are left and completes the switch.`.trim(),
-      cause: error.cause ?? error,
-      exitCode: error.exitCode,
-    });
+    throw unfinishedSwitch(error, settings, 'while converting the rows of the rollup window');
   }
   return { statements: started.statements, state: started.state, rawConverted: settings.scope === 'source' };
+}
+
+/**
+ * Adds to a failure after the first transaction of a staged anonymize what
+ * is installed and that running apply again completes the switch.
+ */
+function unfinishedSwitch(error: unknown, settings: ApplySettings, where: string): unknown {
+  if (!(error instanceof ToolError) || error.code === 'STATE_INVALID') return error;
+  const installed = settings.scope === 'source' ? "the raw tables' triggers are installed" : "the rollup tables' triggers are installed";
+  return new ToolError(error.code, `apply --mode anonymize stopped ${where}: ${installed}, but the mode is not switched yet. ${error.message}`, {
+    fix: `${error.fix ?? ''} Run the same apply again; it converts the rows that are left and completes the switch.`.trim(),
+    cause: error.cause ?? error,
+    exitCode: error.exitCode,
+  });
 }
 
 /** Rejects the last transaction of a staged anonymize when another apply changed the recorded state since its first transaction. */

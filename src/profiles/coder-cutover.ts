@@ -116,14 +116,14 @@ export async function convertAhead(client: pg.ClientBase, tables: CutoverTables,
   const [{ window_start: windowStart }] = await inLockedTransaction(client, context.lock, () =>
     queryRows<{ window_start: string | null }>(client, 'coder/rollup-window-start.sql', [], { rollupFrom: rollupFrom(tables) }),
   );
-  // Without any agent stats or rollup rows there is nothing in the window.
-  if (windowStart === null) return converted;
 
+  // Without any agent stats or rollup rows the window is empty, but app
+  // sessions of the last hour are still converted.
   if (context.scope === 'source') {
-    converted.rawRows += await convertAgentStats(client, tables, schema, windowStart, context);
+    if (windowStart !== null) converted.rawRows += await convertAgentStats(client, tables, schema, windowStart, context);
     converted.rawRows += await convertAppSessions(client, tables, schema, windowStart, context);
   }
-  if (tables.rollup) converted.rollupRows += await convertRollupRows(client, tables, schema, windowStart, context);
+  if (tables.rollup && windowStart !== null) converted.rollupRows += await convertRollupRows(client, tables, schema, windowStart, context);
   return converted;
 }
 
@@ -154,7 +154,7 @@ async function convertAgentStats(client: pg.ClientBase, tables: CutoverTables, s
  * whose upserts of the pseudonymized twins would otherwise race with the
  * merges of the batch.
  */
-async function convertAppSessions(client: pg.ClientBase, tables: CutoverTables, schema: SqlFragment, windowStart: string, context: AheadContext): Promise<number> {
+async function convertAppSessions(client: pg.ClientBase, tables: CutoverTables, schema: SqlFragment, windowStart: string | null, context: AheadContext): Promise<number> {
   const sessionIds = await inLockedTransaction(client, context.lock, () =>
     queryRows<{ id: string }>(client, 'coder/raw-app-sessions.sql', [windowStart], { table: tableSql(tables.appStats), schema }),
   );
