@@ -9,9 +9,9 @@ import { runCliCaptured, type CliRun } from './support/cli.js';
 import { createCoderDatabase, privacySchema, pseudonymPattern, type CoderDatabase } from './support/coder.js';
 
 // Each case breaks enforcement the way a person or an application upgrade
-// could, and expects `status --check` to fail with a finding that names the
-// object, and `apply` to repair it (or, for another trigger, the operator
-// to accept or remove it).
+// could. It expects `status --check` to fail with a finding that names the
+// object, and `apply` to repair it. Another program's trigger is the
+// exception: the operator accepts or removes it.
 
 let workDir: string;
 
@@ -336,7 +336,7 @@ describe('simulated Coder upgrade', () => {
   test('changes that keep the trigger working', async () => {
     // An upgrade that renames a column the trigger does not read, rebuilds
     // an index and adds a column: writes stay pseudonymized, and status
-    // asks for a review of the new column set.
+    // reports the new column set for review.
     await coder.client.query('ALTER TABLE workspace_agent_stats RENAME COLUMN connection_median_latency_ms TO connection_latency_median_ms');
     await coder.client.query('DROP INDEX idx_agent_stats_user_id');
     await coder.client.query('CREATE INDEX idx_agent_stats_user_id ON workspace_agent_stats USING btree (user_id, created_at)');

@@ -5,6 +5,7 @@ import { checkOutput, generateMigration } from '../commands/generate.js';
 import { readStatus } from '../commands/status.js';
 import { withClient } from '../core/connection.js';
 import { ExitCode, ToolError } from '../core/errors.js';
+import type { Mode } from '../core/enforcement.js';
 import { toolVersion } from '../core/version.js';
 import { formatApply, formatBackfill, formatGenerate, formatStatements, formatStatus } from './format.js';
 import { addKeyCommands } from './key-commands.js';
@@ -112,12 +113,17 @@ function interruptedMessage(io: CliIo, action: string, json: boolean): void {
   io.stderr.write(`insights-privacy: stopped after the last committed batch; "insights-privacy backfill --existing ${action}" continues where it stopped.\n`);
 }
 
-async function runApply(io: CliIo, flags: CommonFlags & Record<string, unknown>): Promise<number> {
-  const settings = await settingsFor(io, flags);
+/** Returns the mode that apply and generate need, or raises when no flag, variable or config key gave one. */
+function requireMode(settings: Settings): Mode {
   if (!settings.mode) {
     throw new ToolError('INVALID_OPTION', 'No mode given.', { fix: 'Pass --mode anonymize, --mode disable or --mode off (or set INSIGHTS_PRIVACY_MODE, or mode in the config file).' });
   }
-  const mode = settings.mode;
+  return settings.mode;
+}
+
+async function runApply(io: CliIo, flags: CommonFlags & Record<string, unknown>): Promise<number> {
+  const settings = await settingsFor(io, flags);
+  const mode = requireMode(settings);
   const json = Boolean(flags.json);
   const display = progressDisplay(io);
   const interrupt = settings.existing && settings.existing !== 'keep' && !flags.dryRun ? stopOnInterrupt(io, display) : null;
@@ -213,12 +219,9 @@ async function runGenerate(io: CliIo, flags: CommonFlags & Record<string, unknow
     force: Boolean(flags.force),
   };
   const settings = await settingsFor(io, flags);
-  if (!settings.mode) {
-    throw new ToolError('INVALID_OPTION', 'No mode given.', { fix: 'Pass --mode anonymize, --mode disable or --mode off (or set INSIGHTS_PRIVACY_MODE, or mode in the config file).' });
-  }
+  const mode = requireMode(settings);
   // The output options are checked before connecting, so that a mistake in them is reported as such.
   await checkOutput(output);
-  const mode = settings.mode;
   const result = await withClient(settings, (client) =>
     generateMigration(client, {
       mode,

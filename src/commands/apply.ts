@@ -59,8 +59,8 @@ export interface ApplySettings {
   readonly batchSize?: number;
   /**
    * Other triggers on protected tables, as "table.trigger", accepted after
-   * review; apply records them with a digest of their definition, and status
-   * reports any other trigger, or an accepted one that changed.
+   * review. Apply records each with a digest of its definition. Status
+   * reports every other trigger, and an accepted one that changed.
    */
   readonly allowTriggers?: readonly string[];
   /** Stops the backfill after its current batch. */
@@ -288,7 +288,7 @@ function chooseHmac(setting: HmacSetting, installation: Installation): HmacImple
 /**
  * Detects the application, reads the installation and builds the statements
  * that apply runs for `settings` against the database as it is now.
- * `rawConverted` tells that the cut-over batches already converted the raw
+ * `rawConverted` is true when the cut-over batches already converted the raw
  * tables, so the plan leaves them out.
  */
 export async function planEnforcement(client: pg.ClientBase, settings: ApplySettings, rawConverted = false) {

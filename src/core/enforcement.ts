@@ -181,7 +181,7 @@ export function pseudonymFunctions(schemaName: string, hmac: HmacImplementation,
   ];
 }
 
-/** The functions of the state table, which every mode installs. */
+/** Lists the functions of the state table, which every mode installs. */
 export function stateFunctions(schemaName: string): ExpectedFunction[] {
   return [expectedFunction('state_digest', 'state-digest.sql', { schema: ident(schemaName) }, false)];
 }

@@ -85,7 +85,7 @@ export interface TableRule {
   readonly enabled: string;
 }
 
-/** What the catalog says about a usage table besides the tool's trigger. */
+/** Catalog facts about a usage table besides the tool's trigger. */
 export interface TableCatalog {
   /** Stored columns in table order, each as "name type". */
   readonly columns: string[];
@@ -159,8 +159,8 @@ export function recordedHmac(state: RecordedState | null): HmacImplementation | 
 export async function readState(client: pg.ClientBase, schema: string): Promise<RecordedState | null> {
   if (!(await relationExists(client, schema, 'state'))) return null;
   // A state table that an earlier version made gets its tables and digest
-  // columns at the next apply; a missing state_digest() is drift, reported
-  // with the other functions.
+  // columns at the next apply. A missing state_digest() is drift, which
+  // status reports with the other functions.
   const [digestColumn] = await queryRows<{ present: boolean }>(client, 'queries/column-exists.sql', [schema, 'state', 'digest']);
   const [digestFunction] = await queryRows<{ present: boolean }>(client, 'queries/function-exists.sql', [schema, 'state_digest']);
   const query = digestColumn.present && digestFunction.present ? 'queries/state.sql' : 'queries/state-before-digest.sql';

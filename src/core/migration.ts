@@ -178,7 +178,7 @@ function irreversibleReason(input: DownInput, crypto: CryptoLocation | null): st
   return null;
 }
 
-/** The triggers accepted with --allow-trigger in the recorded state, which the down migration records again. */
+/** Returns the recorded options that keep the triggers accepted with --allow-trigger, for the down migration to record again. */
 function recordedAllowedTriggers(installation: Installation): Record<string, unknown> {
   const allowed = allowedTriggers(installation.state);
   return allowed.length > 0 ? { allowedTriggers: allowed } : {};
